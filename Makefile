@@ -1,0 +1,76 @@
+# Zero to NanoChat. The README's two commands:
+#   make course   set up, then run the whole chain of notebooks (PROFILE=auto|smoke|cpu|gpu, FROM=NN, UPTO=NN)
+#   make test     set up, then every check CI runs (MIRROR=DIR copies datasets from a local folder)
+# Needs only Python 3.11+ and make.
+
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= auto
+MIRROR  ?=
+FROM    ?=
+UPTO    ?=
+NB      ?=
+STAMP   := $(VENV)/.installed
+TORCH   := $(shell grep -m1 '^torch==' requirements.txt)
+
+# Kernels installed in the virtual environment win over any of the same name elsewhere.
+export JUPYTER_PREFER_ENV_PATH := 1
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help setup data course test lab execute blog report lint clean
+
+help:
+	@echo "make course [PROFILE=auto|smoke|cpu|gpu] [FROM=NN] [UPTO=NN]   run the notebooks headless"
+	@echo "make test [MIRROR=DIR]                                         run every check CI runs"
+	@echo "make data [MIRROR=DIR]   make lab   make execute [NB=NN]   make blog   make report"
+
+setup: $(STAMP)
+
+# Re-runs only when the pins change; seconds when the environment exists.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found " + sys.version.split()[0] + ")")'
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name nanolm --display-name "Python (nanolm)" >/dev/null
+	@touch $(STAMP)
+	@echo "setup: environment ready in $(VENV) (kernel 'nanolm')"
+
+data: setup
+	$(PY) -m nanolm.data fetch $(if $(MIRROR),--mirror $(MIRROR))
+
+course: setup data
+	$(PY) ci/run_course.py --profile $(PROFILE) $(if $(FROM),--from $(FROM)) $(if $(UPTO),--upto $(UPTO))
+
+# COURSE.md's Testing section, in order.
+test: setup data
+	@echo "== 1/5 library tests =="
+	$(PY) -m pytest tests -m "not notebooks" -q
+	@echo "== 2/5 the chain (smoke) =="
+	$(PY) ci/run_course.py --profile smoke
+	@echo "== 3/5 nbval (smoke) =="
+	NANOLM_PROFILE=smoke $(PY) -m pytest notebooks --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with ci/nbval_sanitize.cfg --nbval-cell-timeout 600 -q -p no:cacheprovider
+	@echo "== 4/5 notebook hygiene and 5/5 blog export =="
+	$(PY) -m pytest tests -m notebooks -q
+
+lab: setup data
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+# Refresh the stored outputs with a real cpu-profile run (NB=03 for one notebook).
+execute: setup data
+	$(PY) ci/run_course.py --profile cpu --inplace $(if $(NB),--only $(NB))
+
+blog: setup
+	$(PY) ci/export_blog.py --out build/blog
+
+report: setup
+	$(PY) -m nanolm.report
+
+lint: setup
+	$(VENV)/bin/ruff check shared ci tests
+
+clean:
+	rm -rf build

@@ -1,0 +1,248 @@
+"""Artifacts: what one notebook saves and a later one loads, checked by sha256.
+
+An artifact is a folder checkpoints/<profile>/<name>/ holding
+  tensors.safetensors   the tensors (no pickle anywhere),
+  <file>.json / .txt    config, vocabularies, anything small and plain,
+  manifest.json         producer notebook, profile, git commit, config, metrics,
+                        and the sha256 and size of every other file.
+A save writes a fresh folder beside the old one and swaps the two by renames, so a
+crash mid-save leaves the previous artifact loadable. A load re-hashes every file
+and refuses one that differs from its manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .files import sha256_bytes, write_bytes_atomic, write_json_atomic
+
+TENSORS = "tensors.safetensors"
+MANIFEST = "manifest.json"
+
+# Which notebook makes which artifact (COURSE.md's syllabus), for error messages.
+PRODUCERS = {
+    "shakespeare-char": "03_sequence_models",
+    "bpe-tokenizer": "04_tokenization",
+    "gpt-char": "07_gpt",
+    "gpt-base": "08_pretraining",
+    "base": "09_modern_architecture",
+    "eval-report": "10_evaluation",
+    "adapters": "11_lora",
+    "cl-model": "12_continual_learning",
+    "adapter-library": "12_continual_learning",
+    "chat": "13_alignment",
+    "chat-tools": "14_tools_and_rag",
+    "rag-index": "14_tools_and_rag",
+}
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, incomplete or has been changed since it was saved."""
+
+
+@dataclass
+class Artifact:
+    """A verified artifact on disk; read its parts with the methods below."""
+
+    name: str
+    profile: str
+    path: Path
+    manifest: dict
+    _blobs: dict[str, bytes]
+
+    @property
+    def config(self) -> dict:
+        return self.manifest.get("config", {})
+
+    @property
+    def metrics(self) -> dict:
+        return self.manifest.get("metrics", {})
+
+    def files(self) -> list[str]:
+        return sorted(self._blobs)
+
+    def bytes(self, filename: str) -> bytes:
+        if filename not in self._blobs:
+            raise ArtifactError(f"artifact {self.name!r} has no file {filename!r}; it has {self.files()}")
+        return self._blobs[filename]
+
+    def text(self, filename: str) -> str:
+        return self.bytes(filename).decode("utf-8")
+
+    def json(self, filename: str) -> Any:
+        return json.loads(self.bytes(filename))
+
+    def tensors(self) -> dict:
+        """The tensors, loaded from the verified bytes (safetensors: no code runs on load)."""
+        from safetensors.torch import load
+
+        return load(self.bytes(TENSORS))
+
+
+def producer(name: str) -> str:
+    """The notebook that makes artifact `name` (adapters/<domain> -> 11_lora)."""
+    return PRODUCERS.get(name, PRODUCERS.get(name.split("/")[0], "the notebook that saves it"))
+
+
+def artifact_dir(name: str, profile: str, root: Path | None = None) -> Path:
+    _check_name(name)
+    return Path(root or paths.checkpoints_dir()) / profile / name
+
+
+def save(
+    name: str,
+    *,
+    notebook: str,
+    profile: str,
+    tensors: dict | None = None,
+    config: dict | None = None,
+    metrics: dict | None = None,
+    files: dict[str, str | bytes | dict | list] | None = None,
+    root: Path | None = None,
+) -> Artifact:
+    """Save an artifact atomically and return it, verified. `files` maps names to text, bytes or JSON data."""
+    blobs = _encode_files(files or {})
+    if tensors:
+        from safetensors.torch import save as st_save
+
+        blobs[TENSORS] = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    manifest = {
+        "name": name,
+        "notebook": notebook,
+        "profile": profile,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": _git_commit(),
+        "config": config or {},
+        "metrics": metrics or {},
+        "files": {fn: {"sha256": sha256_bytes(b), "bytes": len(b)} for fn, b in sorted(blobs.items())},
+    }
+    json.dumps(manifest)  # fail here, before touching disk, if config/metrics are not JSON
+    final = artifact_dir(name, profile, root)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stamp = f"{time.time_ns()}"
+    tmp = final.parent / f".{final.name}.tmp-{stamp}"
+    tmp.mkdir()
+    try:
+        for fn, b in blobs.items():
+            write_bytes_atomic(tmp / fn, b)
+        write_json_atomic(tmp / MANIFEST, manifest)
+        _swap_in(tmp, final, stamp)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Artifact(name, profile, final, manifest, blobs)
+
+
+def load(name: str, *, profile: str, root: Path | None = None) -> Artifact:
+    """Load and verify an artifact; a missing one names the notebook to run, a changed one is refused."""
+    folder = artifact_dir(name, profile, root)
+    _recover(folder)
+    mpath = folder / MANIFEST
+    if not mpath.exists():
+        raise ArtifactError(
+            f"Artifact {name!r} for profile {profile!r} is missing (looked in {folder}). "
+            f"Run notebook {producer(name)} with PROFILE={profile!r} first "
+            f"(e.g. `make course PROFILE={profile} UPTO={producer(name)[:2]}`)."
+        )
+    try:
+        manifest = json.loads(mpath.read_text("utf-8"))
+        listed = manifest["files"]
+    except (ValueError, KeyError) as e:
+        raise ArtifactError(f"Artifact {name!r}: manifest.json is unreadable ({e}). Re-run {producer(name)}.") from e
+    blobs = {}
+    for fn, meta in listed.items():
+        fpath = folder / fn
+        if not fpath.exists():
+            raise ArtifactError(f"Artifact {name!r} is incomplete: {fn} is missing. Re-run {producer(name)}.")
+        data = fpath.read_bytes()
+        if sha256_bytes(data) != meta["sha256"]:
+            raise ArtifactError(
+                f"Artifact {name!r}: {fn} does not match its manifest (sha256 differs); the file was "
+                f"changed or corrupted after it was saved. Refusing to load it. Re-run {producer(name)}."
+            )
+        blobs[fn] = data
+    return Artifact(name, profile, folder, manifest, blobs)
+
+
+def exists(name: str, *, profile: str, root: Path | None = None) -> bool:
+    """True when the artifact's manifest is present (load() still verifies its files)."""
+    folder = artifact_dir(name, profile, root)
+    _recover(folder)
+    return (folder / MANIFEST).exists()
+
+
+def update_metrics(name: str, *, profile: str, metrics: dict, root: Path | None = None) -> None:
+    """Merge `metrics` into a saved artifact's manifest (the manifest itself is not hashed)."""
+    mpath = artifact_dir(name, profile, root) / MANIFEST
+    if not mpath.exists():
+        raise ArtifactError(f"cannot record metrics: artifact {name!r} ({profile}) has not been saved yet")
+    manifest = json.loads(mpath.read_text("utf-8"))
+    manifest["metrics"] = {**manifest.get("metrics", {}), **metrics}
+    write_json_atomic(mpath, manifest)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_name(name: str) -> None:
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        raise ValueError(f"bad artifact name {name!r}: use words like 'base' or 'adapters/code'")
+
+
+def _encode_files(files: dict) -> dict[str, bytes]:
+    blobs = {}
+    for fn, content in files.items():
+        if "/" in fn or fn in (MANIFEST, TENSORS) or fn.startswith("."):
+            raise ValueError(f"bad file name {fn!r} in artifact")
+        if isinstance(content, bytes):
+            blobs[fn] = content
+        elif isinstance(content, str):
+            blobs[fn] = content.encode("utf-8")
+        else:
+            blobs[fn] = (json.dumps(content, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    return blobs
+
+
+def _swap_in(tmp: Path, final: Path, stamp: str) -> None:
+    """Replace `final` by `tmp` with two renames; _recover() mends a crash between them."""
+    old = final.parent / f".{final.name}.old-{stamp}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(folder: Path) -> None:
+    """If a save died after moving the old artifact aside, put the newest old copy back."""
+    if folder.exists() or not folder.parent.exists():
+        return
+    olds = sorted(folder.parent.glob(f".{folder.name}.old-*"))
+    if olds and (olds[-1] / MANIFEST).exists():
+        olds[-1].rename(folder)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(paths.ROOT), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5,
+        )
+        commit = out.stdout.strip()
+        if not commit:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "-C", str(paths.ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

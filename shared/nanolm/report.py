@@ -1,0 +1,148 @@
+"""Headline metrics: `record()` for a notebook's results cell, and the course report card."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from . import artifacts, paths
+from .files import write_json_atomic
+
+RESULTS_TAG = "results"
+
+
+def record(notebook: str, profile: str, *, saves: tuple[str, ...] = (), **metrics) -> dict:
+    """Print the notebook's headline metrics as one JSON line and store them.
+
+    They go to checkpoints/<profile>/results/<notebook>.json and into the manifest of
+    each artifact named in `saves` (so `make report` and later notebooks see them).
+    """
+    for k, v in metrics.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"metric {k!r} is {v}; record finite numbers only")
+    row = {"notebook": notebook, "profile": profile, **metrics}
+    text = json.dumps(row, sort_keys=False)  # raises on values that are not JSON
+    print(text)
+    write_json_atomic(paths.checkpoints_dir() / profile / "results" / f"{notebook}.json", row)
+    for name in saves:
+        artifacts.update_metrics(name, profile=profile, metrics=metrics)
+    return row
+
+
+def results_of(nb: dict) -> dict | None:
+    """The metrics a notebook's `results` cell printed, from an executed notebook's JSON."""
+    for cell in nb.get("cells", []):
+        if RESULTS_TAG not in cell.get("metadata", {}).get("tags", []):
+            continue
+        for out in cell.get("outputs", []):
+            text = out.get("text") if out.get("output_type") == "stream" else None
+            text = "".join(text) if isinstance(text, list) else text
+            for line in (text or "").splitlines():
+                if line.startswith("{") and '"notebook"' in line:
+                    return json.loads(line)
+    return None
+
+
+def runtime_of(nb: dict) -> float | None:
+    """Seconds the whole notebook took under papermill, from its metadata."""
+    return nb.get("metadata", {}).get("papermill", {}).get("duration")
+
+
+def profile_of(nb: dict) -> str | None:
+    """The profile papermill passed to the notebook."""
+    return nb.get("metadata", {}).get("papermill", {}).get("parameters", {}).get("PROFILE")
+
+
+def collect(folders: dict[str, Path]) -> dict[str, dict[str, dict]]:
+    """{notebook stem: {profile: {"seconds": s, "metrics": {...}}}} from executed notebooks per profile."""
+    table: dict[str, dict[str, dict]] = {}
+    for profile, folder in folders.items():
+        for path in sorted(Path(folder).glob("[0-9][0-9]_*.ipynb")):
+            nb = json.loads(path.read_text("utf-8"))
+            if profile_of(nb) != profile:
+                continue  # e.g. a stored notebook that was never executed for this profile
+            res = results_of(nb) or {}
+            metrics = {k: v for k, v in res.items() if k not in ("notebook", "profile")}
+            table.setdefault(path.stem, {})[profile] = {"seconds": runtime_of(nb), "metrics": metrics}
+    return table
+
+
+def fmt_seconds(s: float | None) -> str:
+    """'42 s' or '3.5 min'; an em dash when unknown."""
+    if s is None:
+        return "—"
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
+
+
+def report_card(table: dict[str, dict[str, dict]], out_dir: Path) -> Path:
+    """Write out_dir/report.md (runtime per profile and headline metrics) with a runtime plot."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    profiles = ["smoke", "cpu", "gpu"]
+    lines = [
+        "# Course report card",
+        "",
+        "Runtime of each notebook per profile (papermill) and the headline metrics its `results` cell recorded.",
+        "",
+        "| notebook | " + " | ".join(profiles) + " | headline metrics (cpu, else the largest run) |",
+        "|---|" + "---|" * len(profiles) + "---|",
+    ]
+    for stem, per in sorted(table.items()):
+        best = next((per[p] for p in ("cpu", "gpu", "smoke") if p in per), {})
+        metrics = ", ".join(f"{k}={_short(v)}" for k, v in best.get("metrics", {}).items())
+        secs = [fmt_seconds(per.get(p, {}).get("seconds")) for p in profiles]
+        lines.append(f"| {stem} | " + " | ".join(secs) + f" | {metrics} |")
+    totals = {p: sum(per[p]["seconds"] or 0 for per in table.values() if p in per) for p in profiles}
+    lines += ["", "Total: " + ", ".join(f"{p} {fmt_seconds(t)}" for p, t in totals.items() if t), ""]
+    if table:
+        _runtime_plot(table, profiles, out_dir / "runtimes.png")
+        lines += ["![seconds per notebook and profile](runtimes.png)", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _runtime_plot(table, profiles, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plotting import subplots
+
+    stems = sorted(table)
+    fig, ax = subplots(width=max(6.0, 0.7 * len(stems) + 2))
+    width = 0.8 / len(profiles)
+    for i, p in enumerate(profiles):
+        ys = [table[s].get(p, {}).get("seconds") or 0 for s in stems]
+        ax.bar([j + i * width for j in range(len(stems))], ys, width, label=p)
+    ax.set_xticks([j + width for j in range(len(stems))], [s[:2] for s in stems])
+    ax.set_xlabel("notebook")
+    ax.set_ylabel("seconds")
+    ax.set_title("Runtime per notebook and profile")
+    ax.legend()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m nanolm.report`: build build/report.md from stored and executed notebooks."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--out", default=str(paths.ROOT / "build"))
+    args = ap.parse_args(argv)
+    build = paths.ROOT / "build" / "executed"
+    folders = {"cpu": paths.ROOT / "notebooks"}
+    for p in ("smoke", "gpu"):
+        folders[p] = build / p
+    path = report_card(collect(folders), Path(args.out))
+    print(f"report card: {path.relative_to(paths.ROOT) if path.is_relative_to(paths.ROOT) else path}")
+
+
+if __name__ == "__main__":
+    main()
