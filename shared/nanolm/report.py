@@ -12,7 +12,7 @@ from .files import write_json_atomic
 RESULTS_TAG = "results"
 
 
-def record(notebook: str, profile: str, *, saves: tuple[str, ...] = (), **metrics) -> dict:
+def record(notebook: str, profile: str, *, saves: tuple[str, ...] = (), **metrics) -> None:
     """Print the notebook's headline metrics as one JSON line and store them.
 
     They go to checkpoints/<profile>/results/<notebook>.json and into the manifest of
@@ -27,7 +27,6 @@ def record(notebook: str, profile: str, *, saves: tuple[str, ...] = (), **metric
     write_json_atomic(paths.checkpoints_dir() / profile / "results" / f"{notebook}.json", row)
     for name in saves:
         artifacts.update_metrics(name, profile=profile, metrics=metrics)
-    return row
 
 
 def results_of(nb: dict) -> dict | None:
