@@ -57,6 +57,11 @@ def check_kernel() -> None:
         )
 
 
+def shown(path: Path) -> str:
+    """A path relative to the repository when inside it (no machine paths in logs or metadata)."""
+    return os.path.relpath(path, ROOT) if Path(path).resolve().is_relative_to(ROOT) else str(path)
+
+
 def run_one(nb: Path, out: Path, profile: str, timeout: int) -> float:
     """Execute one notebook; return seconds; raise SystemExit with a clear message on failure."""
     import papermill as pm
@@ -67,7 +72,7 @@ def run_one(nb: Path, out: Path, profile: str, timeout: int) -> float:
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(
-            os.path.relpath(nb, ROOT), os.path.relpath(out, ROOT),
+            shown(nb), shown(out),
             parameters={"PROFILE": profile}, kernel_name=KERNEL, cwd=str(NOTEBOOKS),
             execution_timeout=timeout, progress_bar=False, log_output=False,
         )
@@ -75,12 +80,12 @@ def run_one(nb: Path, out: Path, profile: str, timeout: int) -> float:
         last = (e.evalue or "").strip().splitlines()[-1:] or [""]
         raise SystemExit(
             f"\nFAILED {nb.stem}: cell {e.cell_index} (execution count {e.exec_count}) raised "
-            f"{e.ename}: {last[0]}\n  see the executed notebook: {out.relative_to(ROOT)}"
+            f"{e.ename}: {last[0]}\n  see the executed notebook: {shown(out)}"
         ) from None
     except DeadKernelError:
         raise SystemExit(
             f"\nFAILED {nb.stem}: the kernel died (most often out of memory). "
-            f"Try a smaller profile, or close other programs. Partial output: {out.relative_to(ROOT)}"
+            f"Try a smaller profile, or close other programs. Partial output: {shown(out)}"
         ) from None
     except CellTimeoutError:
         raise SystemExit(f"\nFAILED {nb.stem}: a cell ran longer than {timeout} s (the per-cell timeout).") from None
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     timeout = args.cell_timeout or CELL_TIMEOUT[profile]
     out_dir = ROOT / "build" / "executed" / profile
     print(f"course chain: profile {profile}, {len(notebooks)} notebook(s), kernel '{KERNEL}', "
-          f"cell timeout {timeout} s -> {out_dir.relative_to(ROOT)}/", flush=True)
+          f"cell timeout {timeout} s -> {shown(out_dir)}/", flush=True)
     times: dict[str, float] = {}
     for nb in notebooks:
         print(f"  {nb.stem} ...", end=" ", flush=True)

@@ -1,0 +1,141 @@
+"""Hygiene of the stored notebooks and their blog export (`make test` runs these after the chain)."""
+
+import ast
+import importlib.util
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from nanolm import paths, report
+
+pytestmark = pytest.mark.notebooks
+ROOT = paths.ROOT
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+# COURSE.md's syllabus: what each notebook saves and loads.
+SYLLABUS = {
+    "00_math": ((), ()),
+    "01_autograd": ((), ()),
+    "02_neural_networks": ((), ()),
+    "03_sequence_models": (("shakespeare-char",), ()),
+    "04_tokenization": (("bpe-tokenizer",), ()),
+    "05_attention": ((), ("shakespeare-char",)),
+    "06_transformer": ((), ()),
+    "07_gpt": (("gpt-char",), ("shakespeare-char",)),
+    "08_pretraining": (("gpt-base",), ("bpe-tokenizer",)),
+    "09_modern_architecture": (("base",), ("bpe-tokenizer", "gpt-base")),
+    "10_evaluation": (("eval-report",), ("gpt-char", "gpt-base", "base")),
+    "11_lora": (("adapters/",), ("base",)),
+    "12_continual_learning": (("cl-model", "adapter-library"), ("base", "adapters/")),
+    "13_alignment": (("chat",), ("base",)),
+    "14_tools_and_rag": (("chat-tools", "rag-index"), ("chat", "adapter-library")),
+    "15_distributed_training": ((), ("base",)),
+    "16_serving": ((), ("chat-tools", "adapter-library", "rag-index")),
+}
+MACHINE_PATH = re.compile("|".join(re.escape(p) for p in {
+    str(ROOT.parent) + "/", tempfile.gettempdir() + "/", str(Path.home()) + "/"}) + r"|/home/\w+/|/Users/\w+/|[A-Z]:\\\\Users")
+
+export_blog = importlib.util.module_from_spec(s := importlib.util.spec_from_file_location(
+    "export_blog", ROOT / "ci" / "export_blog.py"))
+s.loader.exec_module(export_blog)
+
+
+def _load(path):
+    return json.loads(path.read_text("utf-8"))
+
+
+def _tags(cell):
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def _src(cell):
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "notebooks/ holds no NN_*.ipynb"
+    assert [p.stem for p in NOTEBOOKS if p.stem not in SYLLABUS] == [], "every notebook has a syllabus row"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_holds_plain_assignments(path):
+    cells = [c for c in _load(path)["cells"] if c["cell_type"] == "code"]
+    params = [c for c in cells if "parameters" in _tags(c)]
+    assert len(params) == 1, "exactly one cell tagged `parameters`"
+    for node in ast.parse(_src(params[0])).body:
+        assert isinstance(node, ast.Import | ast.Assign), f"parameters cell: only imports and assignments ({ast.dump(node)[:60]})"
+    assert "PROFILE" in _src(params[0]) and "NANOLM_PROFILE" in _src(params[0])
+    assert not any("injected-parameters" in _tags(c) for c in cells), "papermill's injected cell must not be stored"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_outputs_come_from_a_full_cpu_run(path):
+    nb = _load(path)
+    assert nb["metadata"]["kernelspec"]["name"] == "nanolm"
+    assert report.profile_of(nb) == "cpu", "store outputs of a cpu run: `make execute NB=..`"
+    assert report.runtime_of(nb), "papermill recorded no duration"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code" and _src(c).strip()]
+    unrun = [i for i, c in enumerate(code) if c.get("execution_count") is None]
+    assert not unrun, f"code cells without stored execution: {unrun[:5]}"
+    errors = [i for i, c in enumerate(code) if any(o["output_type"] == "error" for o in c.get("outputs", []))]
+    assert not errors, f"error outputs in cells {errors[:5]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_machine_paths_in_outputs(path):
+    text = json.dumps([c.get("outputs", []) for c in _load(path)["cells"] if c["cell_type"] == "code"])
+    m = MACHINE_PATH.search(text)
+    assert not m, f"machine-specific path in outputs: {m.group(0)!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_front_matter_results_and_checked_cells(path):
+    nb = _load(path)
+    first = nb["cells"][0]
+    assert first["cell_type"] == "markdown"
+    meta = export_blog.front_matter(_src(first))
+    assert meta["title"].startswith(path.stem[:2]) and meta["tags"]
+    assert report.results_of(nb), "a cell tagged `results` that printed its metrics (report.record)"
+    assert any("nbval-check-output" in _tags(c) for c in nb["cells"]), "some facts are checked by nbval"
+    assert re.search(r"smoke.*cpu", _src(nb["cells"][1]), re.S | re.I), "second cell states runtimes per profile"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_artifacts_of_the_syllabus_row(path):
+    saves, loads = SYLLABUS[path.stem]
+    source = "\n".join(_src(c) for c in _load(path)["cells"] if c["cell_type"] == "code")
+    for name in saves:
+        assert re.search(rf"""save\(\s*f?["']{re.escape(name)}""", source), f"{path.stem} must save {name!r}"
+    for name in loads:
+        assert f'"{name}' in source or f"'{name}" in source, f"{path.stem} must load {name!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_pickle_loading(path):
+    source = "\n".join(_src(c) for c in _load(path)["cells"] if c["cell_type"] == "code")
+    assert "pickle.load" not in source
+    assert not re.search(r"torch\.load\((?![^)]*weights_only=True)", source)
+
+
+def test_blog_export_of_every_notebook(tmp_path):
+    for path in NOTEBOOKS:
+        index = export_blog.export(path, tmp_path)
+        text = index.read_text()
+        assert text.startswith("---\ntitle: ")
+        assert "injected-parameters" not in text
+        links = export_blog.image_links(text)
+        assert all((index.parent / link).exists() for link in links), f"{path.stem}: missing images"
+        if '"image/png"' in path.read_text():
+            assert links, f"{path.stem} has figures but its post shows none"
+
+
+def test_readme_syllabus_shows_the_stored_cpu_runtimes():
+    readme = (ROOT / "README.md").read_text()
+    for path in NOTEBOOKS:
+        seconds = report.runtime_of(_load(path))
+        row = next((line for line in readme.splitlines() if line.startswith(f"| {path.stem[:2]} ")), None)
+        assert row, f"README syllabus has no row for {path.stem}"
+        assert report.fmt_seconds(seconds) in row, f"README's cpu runtime for {path.stem} is stale: `make readme`"
