@@ -34,7 +34,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
-	$(PY) -m ipykernel install --sys-prefix --name nanolm --display-name "Python (nanolm)" >/dev/null
+	$(PY) ci/install_kernel.py
 	@touch $(STAMP)
 	@echo "setup: environment ready in $(VENV) (kernel 'nanolm')"
 

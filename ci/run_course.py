@@ -77,10 +77,11 @@ def run_one(nb: Path, out: Path, profile: str, timeout: int) -> float:
             execution_timeout=timeout, progress_bar=False, log_output=False,
         )
     except PapermillExecutionError as e:
-        last = (e.evalue or "").strip().splitlines()[-1:] or [""]
+        lines = [s.strip() for s in (e.evalue or "").splitlines() if s.strip()] or [""]
+        detail = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
         raise SystemExit(
             f"\nFAILED {nb.stem}: cell {e.cell_index} (execution count {e.exec_count}) raised "
-            f"{e.ename}: {last[0]}\n  see the executed notebook: {shown(out)}"
+            f"{e.ename}: {detail[:300]}\n  see the executed notebook: {shown(out)}"
         ) from None
     except DeadKernelError:
         raise SystemExit(
