@@ -18,7 +18,7 @@ TORCH   := $(shell grep -m1 '^torch==' requirements.txt)
 export JUPYTER_PREFER_ENV_PATH := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup data course test lab execute blog report lint clean
+.PHONY: help setup data course test lab execute blog report readme lint clean
 
 help:
 	@echo "make course [PROFILE=auto|smoke|cpu|gpu] [FROM=NN] [UPTO=NN]   run the notebooks headless"
@@ -68,6 +68,10 @@ blog: setup
 
 report: setup
 	$(PY) -m nanolm.report
+
+# Refresh the README's syllabus runtimes from the stored notebooks (cpu) and the last smoke chain.
+readme: setup
+	$(PY) -m nanolm.report --readme
 
 lint: setup
 	$(VENV)/bin/ruff check shared ci tests

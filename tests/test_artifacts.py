@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from nanolm import artifacts
 from nanolm.artifacts import ArtifactError
 

@@ -3,7 +3,6 @@
 import re
 
 import yaml
-
 from nanolm import paths
 
 ROOT = paths.ROOT

@@ -8,33 +8,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from nanolm import paths, report
+from nanolm import paths, report, syllabus
 
 pytestmark = pytest.mark.notebooks
 ROOT = paths.ROOT
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
-# COURSE.md's syllabus: what each notebook saves and loads.
-SYLLABUS = {
-    "00_math": ((), ()),
-    "01_autograd": ((), ()),
-    "02_neural_networks": ((), ()),
-    "03_sequence_models": (("shakespeare-char",), ()),
-    "04_tokenization": (("bpe-tokenizer",), ()),
-    "05_attention": ((), ("shakespeare-char",)),
-    "06_transformer": ((), ()),
-    "07_gpt": (("gpt-char",), ("shakespeare-char",)),
-    "08_pretraining": (("gpt-base",), ("bpe-tokenizer",)),
-    "09_modern_architecture": (("base",), ("bpe-tokenizer", "gpt-base")),
-    "10_evaluation": (("eval-report",), ("gpt-char", "gpt-base", "base")),
-    "11_lora": (("adapters/",), ("base",)),
-    "12_continual_learning": (("cl-model", "adapter-library"), ("base", "adapters/")),
-    "13_alignment": (("chat",), ("base",)),
-    "14_tools_and_rag": (("chat-tools", "rag-index"), ("chat", "adapter-library")),
-    "15_distributed_training": ((), ("base",)),
-    "16_serving": ((), ("chat-tools", "adapter-library", "rag-index")),
-}
+SYLLABUS = {p.stem: (p.saves, p.loads) for p in syllabus.SYLLABUS}
 MACHINE_PATH = re.compile("|".join(re.escape(p) for p in {
     str(ROOT.parent) + "/", tempfile.gettempdir() + "/", str(Path.home()) + "/"}) + r"|/home/\w+/|/Users/\w+/|[A-Z]:\\\\Users")
 

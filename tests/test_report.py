@@ -5,7 +5,6 @@ import json
 import nbformat
 import pytest
 import torch
-
 from nanolm import artifacts, report
 
 

@@ -22,26 +22,10 @@ from typing import Any
 
 from . import paths
 from .files import sha256_bytes, write_bytes_atomic, write_json_atomic
+from .syllabus import producer_of
 
 TENSORS = "tensors.safetensors"
 MANIFEST = "manifest.json"
-
-# Which notebook makes which artifact (COURSE.md's syllabus), for error messages.
-PRODUCERS = {
-    "shakespeare-char": "03_sequence_models",
-    "bpe-tokenizer": "04_tokenization",
-    "gpt-char": "07_gpt",
-    "gpt-base": "08_pretraining",
-    "base": "09_modern_architecture",
-    "eval-report": "10_evaluation",
-    "adapters": "11_lora",
-    "cl-model": "12_continual_learning",
-    "adapter-library": "12_continual_learning",
-    "chat": "13_alignment",
-    "chat-tools": "14_tools_and_rag",
-    "rag-index": "14_tools_and_rag",
-}
-
 
 class ArtifactError(RuntimeError):
     """An artifact is missing, incomplete or has been changed since it was saved."""
@@ -88,7 +72,7 @@ class Artifact:
 
 def producer(name: str) -> str:
     """The notebook that makes artifact `name` (adapters/<domain> -> 11_lora)."""
-    return PRODUCERS.get(name, PRODUCERS.get(name.split("/")[0], "the notebook that saves it"))
+    return producer_of(name) or "the notebook that saves it"
 
 
 def artifact_dir(name: str, profile: str, root: Path | None = None) -> Path:
@@ -148,8 +132,8 @@ def load(name: str, *, profile: str, root: Path | None = None) -> Artifact:
     if not mpath.exists():
         raise ArtifactError(
             f"Artifact {name!r} for profile {profile!r} is missing (looked in {folder}). "
-            f"Run notebook {producer(name)} with PROFILE={profile!r} first "
-            f"(e.g. `make course PROFILE={profile} UPTO={producer(name)[:2]}`)."
+            f"Run notebook {producer(name)} with PROFILE={profile!r} first"
+            + (f" (e.g. `make course PROFILE={profile} UPTO={producer_of(name)[:2]}`)." if producer_of(name) else ".")
         )
     try:
         manifest = json.loads(mpath.read_text("utf-8"))

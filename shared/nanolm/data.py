@@ -17,7 +17,6 @@ import http.client
 import io
 import json
 import os
-import shutil
 import sys
 import tempfile
 import urllib.error
@@ -27,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import paths
-from .files import sha256_bytes, sha256_file
+from .files import sha256_bytes
 
 MANIFEST = paths.ROOT / "data" / "manifest.json"
 

@@ -46,6 +46,6 @@ def show(table: dict[str, dict], profile: str) -> str:
     heads = [f"{p}*" if p == profile else p for p in PROFILES]
     rows = [["size", *heads]] + [[k, *(str(table[p][k]) for p in PROFILES)] for k in keys]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

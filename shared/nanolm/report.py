@@ -128,13 +128,51 @@ def _runtime_plot(table, profiles, path: Path) -> None:
     plt.close(fig)
 
 
+README_START, README_END = "<!-- syllabus:start -->", "<!-- syllabus:end -->"
+
+
+def syllabus_table(stored: Path, smoke: Path, previous: str = "") -> str:
+    """The README's syllabus: cpu runtimes from the stored notebooks, smoke from the last chain run."""
+    from .syllabus import SYLLABUS
+
+    old = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+           for line in previous.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
+    rows = ["| # | notebook | what you build | smoke | cpu (2-core laptop) | gpu |", "|---|---|---|---:|---:|---:|"]
+    for phase in SYLLABUS:
+        num, nb_path = phase.stem[:2], stored / f"{phase.stem}.ipynb"
+        prev = old.get(num, [""] * 6)
+        if nb_path.exists():
+            nb = json.loads(nb_path.read_text("utf-8"))
+            cpu = fmt_seconds(runtime_of(nb)) if profile_of(nb) == "cpu" else "—"
+            smoke_nb = smoke / nb_path.name
+            smoke_s = fmt_seconds(runtime_of(json.loads(smoke_nb.read_text("utf-8")))) if smoke_nb.exists() else prev[3] or "—"
+            name = f"[{phase.stem}](notebooks/{phase.stem}.ipynb)"
+            rows.append(f"| {num} | {name} | {phase.builds} | {smoke_s} | {cpu} | {prev[5] or '—'} |")
+        else:
+            rows.append(f"| {num} | {phase.stem} | {phase.builds} | planned | planned | planned |")
+    return "\n".join(rows)
+
+
+def update_readme(readme: Path) -> None:
+    """Rewrite the syllabus table between the README's syllabus markers."""
+    text = readme.read_text("utf-8")
+    head, rest = text.split(README_START, 1)
+    old, tail = rest.split(README_END, 1)
+    table = syllabus_table(paths.ROOT / "notebooks", paths.ROOT / "build" / "executed" / "smoke", old)
+    readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m nanolm.report`: build build/report.md from stored and executed notebooks."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--out", default=str(paths.ROOT / "build"))
+    ap.add_argument("--readme", action="store_true", help="also refresh the README's syllabus runtimes")
     args = ap.parse_args(argv)
+    if args.readme:
+        update_readme(paths.ROOT / "README.md")
+        print("README.md: syllabus runtimes refreshed")
     build = paths.ROOT / "build" / "executed"
     folders = {"cpu": paths.ROOT / "notebooks"}
     for p in ("smoke", "gpu"):

@@ -1,0 +1,43 @@
+"""The course's syllabus: each notebook, what it builds, and the artifacts it saves and loads."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Phase(NamedTuple):
+    stem: str
+    builds: str
+    saves: tuple[str, ...] = ()
+    loads: tuple[str, ...] = ()
+
+
+SYLLABUS = [
+    Phase("00_math", "vectors by hand vs NumPy, shapes, numerical gradients, softmax/cross-entropy/KL, SVD, AdamW and LR schedule"),
+    Phase("01_autograd", "a scalar autograd engine, graph drawing, an MLP on two moons"),
+    Phase("02_neural_networks", "perceptron, hand-written backprop, optimizers, init, BatchNorm, MNIST"),
+    Phase("03_sequence_models", "bigram, MLP, WaveNet, RNN/LSTM/GRU with BPTT, seq2seq", ("shakespeare-char",)),
+    Phase("04_tokenization", "char/word/byte-level BPE, tiktoken parity, Word2Vec, positional encodings", ("bpe-tokenizer",)),
+    Phase("05_attention", "Bahdanau/Luong, scaled dot-product and multi-head attention, masks", (), ("shakespeare-char",)),
+    Phase("06_transformer", "LayerNorm, encoder/decoder blocks, a toy translation transformer, ablations"),
+    Phase("07_gpt", "decoder-only GPT, sampling, character Shakespeare, HF GPT-2 parity", ("gpt-char",), ("shakespeare-char",)),
+    Phase("08_pretraining", "token shards, a real training loop, checkpoint/resume, scaling laws", ("gpt-base",), ("bpe-tokenizer",)),
+    Phase("09_modern_architecture", "RoPE, RMSNorm, SwiGLU, GQA, KV cache, MLA, MoE, FlashAttention", ("base",), ("bpe-tokenizer", "gpt-base")),
+    Phase("10_evaluation", "perplexity per domain, benchmarks, a report card", ("eval-report",), ("gpt-char", "gpt-base", "base")),
+    Phase("11_lora", "LoRA from scratch vs PEFT, QLoRA (NF4) vs bitsandbytes, merging", ("adapters/",), ("base",)),
+    Phase("12_continual_learning", "forgetting, rehearsal, EWC, LoRA-per-task with a router", ("cl-model", "adapter-library"), ("base", "adapters/")),
+    Phase("13_alignment", "chat template, SFT with loss masks, DPO, GRPO", ("chat",), ("base",)),
+    Phase("14_tools_and_rag", "tool calls, calculator, Python sandbox, retrieval, ReAct", ("chat-tools", "rag-index"), ("chat", "adapter-library")),
+    Phase("15_distributed_training", "memory accounting, activation checkpointing, DDP and FSDP", (), ("base",)),
+    Phase("16_serving", "inference engine, streaming FastAPI server, web UI, /learn with LoRA", (), ("chat-tools", "adapter-library", "rag-index")),
+]
+BY_STEM = {p.stem: p for p in SYLLABUS}
+
+
+def producer_of(artifact: str) -> str | None:
+    """The notebook that saves `artifact` ('adapters/code' matches the 'adapters/' family)."""
+    for p in SYLLABUS:
+        for name in p.saves:
+            if artifact == name or (name.endswith("/") and artifact.startswith(name)):
+                return p.stem
+    return None
