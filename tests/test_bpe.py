@@ -272,3 +272,14 @@ def test_pretraining_mix_is_deterministic_capped_and_splits_cleanly():
     assert splits["train"]["arxiv"] + splits["val"]["arxiv"] == mix["arxiv"]
     with pytest.raises(ValueError, match="unknown domain"):
         corpus.documents("poetry")
+
+
+def test_train_accepts_several_texts_or_counts_and_both_trainers_agree():
+    parts = [SHAKESPEARE[:3000], WIKI[:3000], UNICODE_CODE]
+    fast = bpe.train(parts, 400)
+    assert bpe.train(parts, 400, trainer="plain").merges == fast.merges
+    assert bpe.train(bpe.pretoken_counts(parts), 400).merges == fast.merges
+    with pytest.raises(bpe.TokenizerError, match="plain trainer needs text"):
+        bpe.train(bpe.pretoken_counts(parts), 400, trainer="plain")
+    with pytest.raises(bpe.TokenizerError, match="unknown trainer"):
+        bpe.train(parts, 400, trainer="slow")

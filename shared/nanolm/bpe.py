@@ -133,9 +133,10 @@ def _num_merges(vocab_size: int, n_special: int) -> int:
     return n
 
 
-def train_plain(text: str, num_merges: int, pattern: str = "gpt4") -> list[Pair]:
+def train_plain(texts: str | Iterable[str], num_merges: int, pattern: str = "gpt4") -> list[Pair]:
     """Learn BPE merges the simple way: count all pairs, merge the most frequent, repeat."""
-    chunks = [list(_utf8(piece)) for piece in pretokenize(text, pattern)]
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    chunks = [list(_utf8(piece)) for text in texts for piece in pretokenize(text, pattern)]
     vocab = [bytes([i]) for i in range(256)]  # token id -> its bytes
     known = set(vocab)
     merges: list[Pair] = []
@@ -230,22 +231,26 @@ def train_fast(
 
 
 def train(
-    texts: str | Iterable[str],
+    texts: str | Iterable[str] | Mapping[bytes, int],
     vocab_size: int,
     pattern: str = "gpt4",
     special_tokens: Iterable[str] = SPECIAL_TOKENS,
     trainer: Literal["fast", "plain"] = "fast",
     progress: bool = False,
 ) -> Tokenizer:
-    """Train a byte-level BPE tokenizer whose vocabulary (bytes + merges + specials) has vocab_size ids."""
+    """Train a byte-level BPE tokenizer whose vocabulary (bytes + merges + specials) has vocab_size ids.
+
+    `texts` is a text, several texts, or (fast trainer only) ready pre-token counts from pretoken_counts().
+    """
     special_tokens = tuple(special_tokens)
     n = _num_merges(vocab_size, len(special_tokens))
     pattern_regex(pattern)
     if trainer == "fast":
         merges = train_fast(texts, n, pattern, progress=progress)
     elif trainer == "plain":
-        text = texts if isinstance(texts, str) else "".join(texts)
-        merges = train_plain(text, n, pattern)
+        if isinstance(texts, Mapping):
+            raise TokenizerError("the plain trainer needs text, not pre-token counts")
+        merges = train_plain(texts, n, pattern)
     else:
         raise TokenizerError(f"unknown trainer {trainer!r}; use 'fast' or 'plain'")
     return Tokenizer.from_merges(merges, pattern, special_tokens)
