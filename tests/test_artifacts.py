@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from nanolm import artifacts
 from nanolm.artifacts import ArtifactError
 

@@ -5,6 +5,7 @@ import importlib.util
 
 import nbformat
 import pytest
+
 from nanolm import paths
 
 spec = importlib.util.spec_from_file_location("export_blog", paths.ROOT / "ci" / "export_blog.py")

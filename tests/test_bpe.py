@@ -6,6 +6,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from nanolm import bpe, corpus, data
 
 SHAKESPEARE = data.read_text("tinyshakespeare", "input.txt")

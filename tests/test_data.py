@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+
 from nanolm import data, paths
 from nanolm.data import DataError
 from nanolm.files import sha256_bytes

@@ -3,6 +3,7 @@
 import re
 
 import yaml
+
 from nanolm import paths
 
 ROOT = paths.ROOT

@@ -6,6 +6,7 @@ import gzip
 
 import numpy as np
 import pytest
+
 from nanolm import data, mnist
 
 COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

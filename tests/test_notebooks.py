@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from nanolm import paths, report, syllabus
 
 pytestmark = pytest.mark.notebooks

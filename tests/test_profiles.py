@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from nanolm import profiles
 
 TABLE = {"smoke": {"steps": 2, "width": 8}, "cpu": {"steps": 200, "width": 64}, "gpu": {"steps": 5000, "width": 512}}

@@ -5,6 +5,7 @@ import json
 import nbformat
 import pytest
 import torch
+
 from nanolm import artifacts, report
 
 

@@ -5,6 +5,7 @@ import json
 
 import nbformat
 import pytest
+
 from nanolm import paths
 
 spec = importlib.util.spec_from_file_location("run_course", paths.ROOT / "ci" / "run_course.py")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from nanolm.value import MLP, Value, num_parameters, topological_order
 
 TOL = dict(rtol=0.0, atol=1e-10)  # gradients must match torch float64 within 1e-10
