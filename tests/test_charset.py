@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from nanolm import artifacts, charset
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"

@@ -6,6 +6,7 @@ different order differs by ~1e-15), and in float32 with atol=1e-5, rtol=1e-5.
 
 import pytest
 import torch
+
 from nanolm import rnn
 
 F64 = {"atol": 1e-10, "rtol": 1e-8}
