@@ -147,19 +147,43 @@ def syllabus_table(stored: Path, smoke: Path, previous: str = "") -> str:
             smoke_nb = smoke / nb_path.name
             smoke_s = fmt_seconds(runtime_of(json.loads(smoke_nb.read_text("utf-8")))) if smoke_nb.exists() else prev[3] or "—"
             name = f"[{phase.stem}](notebooks/{phase.stem}.ipynb)"
-            rows.append(f"| {num} | {name} | {phase.builds} | {smoke_s} | {cpu} | {prev[5] or '—'} |")
+            gpu = prev[5] if prev[5] not in ("", "planned") else "—"  # filled in by hand, with the GPU named
+            rows.append(f"| {num} | {name} | {phase.builds} | {smoke_s} | {cpu} | {gpu} |")
         else:
             rows.append(f"| {num} | {phase.stem} | {phase.builds} | planned | planned | planned |")
     return "\n".join(rows)
 
 
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def results_table(stored: Path) -> str:
+    """Headline metrics of each stored (cpu) notebook, as its results cell recorded them."""
+    rows = ["| notebook | headline metrics (cpu run) |", "|---|---|"]
+    for path in sorted(stored.glob("[0-9][0-9]_*.ipynb")):
+        res = results_of(json.loads(path.read_text("utf-8"))) or {}
+        metrics = ", ".join(f"`{k}` {_short(v)}" for k, v in res.items()
+                            if k not in ("notebook", "profile") and not isinstance(v, dict | list))
+        rows.append(f"| {path.stem} | {metrics} |")
+    return "\n".join(rows)
+
+
+def _replace_block(text: str, start: str, end: str, body: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def update_readme(readme: Path) -> None:
-    """Rewrite the syllabus table between the README's syllabus markers."""
+    """Rewrite the syllabus runtimes and the headline results between the README's markers."""
     text = readme.read_text("utf-8")
-    head, rest = text.split(README_START, 1)
-    old, tail = rest.split(README_END, 1)
-    table = syllabus_table(paths.ROOT / "notebooks", paths.ROOT / "build" / "executed" / "smoke", old)
-    readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}", encoding="utf-8")
+    previous = text.split(README_START, 1)[1].split(README_END, 1)[0]
+    stored = paths.ROOT / "notebooks"
+    text = _replace_block(text, README_START, README_END,
+                          syllabus_table(stored, paths.ROOT / "build" / "executed" / "smoke", previous))
+    if RESULTS_START in text:
+        text = _replace_block(text, RESULTS_START, RESULTS_END, results_table(stored))
+    readme.write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
