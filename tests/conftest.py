@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -13,3 +14,12 @@ def isolated_checkpoints(tmp_path, monkeypatch):
     folder = tmp_path / "checkpoints"
     monkeypatch.setenv("NANOLM_CHECKPOINTS", str(folder))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Test tensors are tiny: one thread beats several (no synchronization) and a busy machine hurts less."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

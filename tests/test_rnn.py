@@ -14,14 +14,6 @@ F32 = {"atol": 1e-5, "rtol": 1e-5}
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 SHAPES = [  # (input_size, hidden_size, num_layers, seq_len, batch, batch_first, bias)
     (3, 4, 1, 5, 2, False, True),

@@ -7,15 +7,6 @@ import torch
 from nanolm import transformer as tr
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread beats several (no synchronization), and a busy machine hurts less."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small(**kw) -> tr.TransformerConfig:
     base = dict(d_model=16, n_heads=4, d_ff=32, n_enc_layers=2, n_dec_layers=2)
     return tr.TransformerConfig(**{**base, **kw})
