@@ -13,8 +13,6 @@ F64 = {"atol": 1e-10, "rtol": 1e-8}
 F32 = {"atol": 1e-5, "rtol": 1e-5}
 
 
-
-
 SHAPES = [  # (input_size, hidden_size, num_layers, seq_len, batch, batch_first, bias)
     (3, 4, 1, 5, 2, False, True),
     (5, 7, 2, 6, 3, True, True),
