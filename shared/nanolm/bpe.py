@@ -28,6 +28,8 @@ from typing import Literal
 
 import regex
 
+from .files import write_bytes_atomic
+
 # Split patterns: a text is first cut into pre-tokens (words, numbers, punctuation runs, spaces);
 # merges never cross a pre-token boundary. These are the patterns of GPT-2 (r50k) and GPT-4
 # (cl100k_base) exactly as tiktoken uses them, so our splits and tiktoken's agree.
@@ -549,8 +551,8 @@ class Tokenizer:
         return tok
 
     def save(self, path: str | Path) -> None:
-        """Write dumps() to a file (UTF-8)."""
-        Path(path).write_text(self.dumps(), encoding="utf-8")
+        """Write dumps() to a file (UTF-8), atomically."""
+        write_bytes_atomic(path, self.dumps().encode("utf-8"))  # never a half-written tokenizer
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:

@@ -16,9 +16,7 @@ import gzip
 import http.client
 import io
 import json
-import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -26,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import paths
-from .files import sha256_bytes
+from .files import sha256_bytes, write_bytes_atomic
 
 MANIFEST = paths.ROOT / "data" / "manifest.json"
 
@@ -136,7 +134,7 @@ def fetch(
                         f"({meta['sha256'][:16]}…). The source may have changed or the transfer was corrupted; "
                         "nothing was written. Try again, or use `make data MIRROR=DIR` with a verified copy."
                     )
-                _write_final(dest, data)
+                write_bytes_atomic(dest, data)  # the final name only ever holds whole, checked files
                 log(f"  {name}/{fn}: ok ({len(data) / 1e6:.1f} MB)")
             except DataError as e:
                 failures.append(str(e))
@@ -187,21 +185,6 @@ def download(url: str, timeout: float = 60.0) -> bytes:
     if expected is not None and len(data) != int(expected):
         raise DataError(f"download of {url} was cut short ({len(data)} of {expected} bytes); run `make data` again.")
     return data
-
-
-def _write_final(dest: Path, data: bytes) -> None:
-    """Write under a hidden temporary name, then rename: the final name only ever holds whole files."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- derive recipes
