@@ -1,0 +1,294 @@
+"""A decoder-only GPT in one readable file (GPT-2 style).
+
+token + learned position embeddings -> n_layer pre-norm blocks -> final LayerNorm -> linear head
+(tied to the token embedding). Each block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+
+Attention is causal multi-head attention with one fused QKV projection. It runs through torch's
+F.scaled_dot_product_attention (fused kernels) by default; `model.set_attention("manual")` switches
+to the written-out softmax(QK^T / sqrt(d)) V, which gives the same numbers and can keep the weights
+for plotting. Initialization follows GPT-2: N(0, 0.02) weights, zero biases, and the two projections
+that write into the residual stream scaled by 1/sqrt(2 * n_layer) so the stream's variance does not
+grow with depth.
+
+Shapes: B batch, T time (<= block_size), C n_embd, H n_head, D = C // H, V vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import artifacts
+from .sampling import sample_next
+
+
+@dataclass
+class GPTConfig:
+    """The sizes of a GPT; saved with every checkpoint so the model can be rebuilt."""
+
+    vocab_size: int = 65
+    block_size: int = 256  # longest context the model can see
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if min(self.vocab_size, self.block_size, self.n_layer, self.n_head) < 1:
+            raise ValueError(f"GPTConfig sizes must be positive: {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GPTConfig:
+        """Build from a saved dict; unknown keys are an error (a checkpoint from another model)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"not a GPTConfig: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.mode = "sdpa"  # or "manual"
+        self.keep_weights = False
+        self.weights: torch.Tensor | None = None  # (B, H, T, T) after a manual forward with keep_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        # (B, T, C) -> (B, H, T, D): each head attends in its own D-dim subspace
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        p_drop = self.dropout if self.training else 0.0
+        if self.mode == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, is_causal=True)
+        else:
+            y = self._manual(q, k, v, p_drop)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_drop(self.proj(y))
+
+    def _manual(self, q, k, v, p_drop: float) -> torch.Tensor:
+        T = q.size(-2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, T)
+        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+        weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        if self.keep_weights:
+            self.weights = weights.detach()
+        return F.dropout(weights, p_drop) @ v  # (B, H, T, D)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in transformers)
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight  # weight tying: one matrix reads and writes tokens
+        self.apply(self._init_weights)
+        for block in self.blocks:  # residual projections: std 0.02 / sqrt(2 * n_layer)
+            for proj in (block.attn.proj, block.mlp.proj):
+                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets are given.
+
+        Targets equal to -100 are ignored (the convention of F.cross_entropy), for loss masks.
+        """
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.ln_f(x))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def num_params(self, include_position: bool = True) -> int:
+        """Parameter count (the tied head is counted once); GPT-2 papers exclude position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        return n if include_position else n - self.pos_emb.weight.numel()
+
+    def set_attention(self, mode: str, keep_weights: bool = False) -> None:
+        """'sdpa' (fused, default) or 'manual' (written out; keep_weights stores them per block)."""
+        if mode not in ("sdpa", "manual"):
+            raise ValueError(f"attention mode must be 'sdpa' or 'manual', got {mode!r}")
+        for block in self.blocks:
+            block.attn.mode, block.attn.keep_weights = mode, keep_weights and mode == "manual"
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Extend idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens)."""
+        was_training = self.training
+        self.eval()
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.block_size :]  # the model sees at most block_size tokens
+            logits, _ = self(context)
+            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            idx = torch.cat([idx, nxt], dim=1)
+        self.train(was_training)
+        return idx
+
+    # ------------------------------------------------------------------ saving and loading
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The state dict without the tied head (it is the token embedding), ready for safetensors."""
+        return {k: v for k, v in self.state_dict().items() if k != "head.weight"}
+
+    @classmethod
+    def from_tensors(cls, cfg: GPTConfig, tensors: dict[str, torch.Tensor]) -> GPT:
+        """Rebuild a model from `tensors()`; missing or unexpected keys are refused."""
+        model = cls(cfg)
+        expected = set(model.tensors())
+        got = set(tensors)
+        if expected != got:
+            raise ValueError(
+                "these tensors do not fit a GPT with this config: "
+                f"missing {sorted(expected - got)[:5]}, unexpected {sorted(got - expected)[:5]}"
+            )
+        model.load_state_dict({**tensors, "head.weight": tensors["tok_emb.weight"]})
+        return model
+
+
+def save(model: GPT, name: str, *, notebook: str, profile: str, metrics: dict | None = None,
+         files: dict | None = None) -> artifacts.Artifact:
+    """Save a GPT as an artifact: safetensors weights + its config (+ metrics, extra files)."""
+    return artifacts.save(name, notebook=notebook, profile=profile, tensors=model.tensors(),
+                          config={"model": "gpt", **model.config.to_dict()}, metrics=metrics, files=files)
+
+
+def load(name: str, *, profile: str, device: torch.device | str = "cpu") -> tuple[GPT, artifacts.Artifact]:
+    """Load a GPT artifact (sha256-verified) -> (model in eval mode on device, the artifact)."""
+    art = artifacts.load(name, profile=profile)
+    cfg = dict(art.config)
+    if cfg.pop("model", None) != "gpt":
+        raise ValueError(f"artifact {name!r} does not hold a GPT (config: {art.config})")
+    model = GPT.from_tensors(GPTConfig.from_dict(cfg), art.tensors())
+    return model.to(device).eval(), art
+
+
+# ---------------------------------------------------------------------- Hugging Face GPT-2
+
+# ours -> transformers' GPT2LMHeadModel. HF stores Linear weights as Conv1D (in, out): transpose.
+_HF_BLOCK = {
+    "ln_1.weight": "ln_1.weight", "ln_1.bias": "ln_1.bias",
+    "attn.qkv.weight": "attn.c_attn.weight", "attn.qkv.bias": "attn.c_attn.bias",
+    "attn.proj.weight": "attn.c_proj.weight", "attn.proj.bias": "attn.c_proj.bias",
+    "ln_2.weight": "ln_2.weight", "ln_2.bias": "ln_2.bias",
+    "mlp.fc.weight": "mlp.c_fc.weight", "mlp.fc.bias": "mlp.c_fc.bias",
+    "mlp.proj.weight": "mlp.c_proj.weight", "mlp.proj.bias": "mlp.c_proj.bias",
+}
+_HF_TOP = {"tok_emb.weight": "transformer.wte.weight", "pos_emb.weight": "transformer.wpe.weight",
+           "ln_f.weight": "transformer.ln_f.weight", "ln_f.bias": "transformer.ln_f.bias"}
+
+
+def hf_name(ours: str) -> tuple[str, bool]:
+    """Our parameter name -> (the GPT2LMHeadModel name, whether the weight must be transposed)."""
+    if ours in _HF_TOP:
+        return _HF_TOP[ours], False
+    _, i, rest = ours.split(".", 2)  # blocks.{i}.{rest}
+    return f"transformer.h.{i}.{_HF_BLOCK[rest]}", rest.endswith(".weight") and not rest.startswith("ln_")
+
+
+def to_hf(model: GPT):
+    """A transformers GPT2LMHeadModel with our weights (needs bias=True, GPT-2's layout)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = model.config
+    if not cfg.bias:
+        raise ValueError("GPT-2 has biases everywhere: only a GPT with bias=True maps onto GPT2LMHeadModel")
+    hf = GPT2LMHeadModel(GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+    ))
+    state = {}
+    for name, tensor in model.tensors().items():
+        target, transpose = hf_name(name)
+        state[target] = tensor.t() if transpose else tensor
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    # the only keys we do not supply: the tied lm_head and (older versions) causal-mask buffers
+    left = [k for k in missing if k != "lm_head.weight" and not k.endswith(("attn.bias", "attn.masked_bias"))]
+    if left or unexpected:
+        raise RuntimeError(f"weight mapping to GPT-2 is incomplete: missing {left}, unexpected {unexpected}")
+    hf.tie_weights()
+    return hf.eval()
+
+
+def from_hf(hf) -> GPT:
+    """Our GPT with the weights of a transformers GPT2LMHeadModel."""
+    c = hf.config
+    cfg = GPTConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer, n_head=c.n_head,
+                    n_embd=c.n_embd, dropout=0.0, bias=True)
+    hf_state = hf.state_dict()
+    tensors = {}
+    for name in GPT(cfg).tensors():
+        source, transpose = hf_name(name)
+        tensors[name] = hf_state[source].t() if transpose else hf_state[source]
+    return GPT.from_tensors(cfg, {k: v.contiguous() for k, v in tensors.items()}).eval()
