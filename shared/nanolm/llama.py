@@ -1,0 +1,499 @@
+"""A Llama-style decoder in one readable file: RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases.
+
+token embedding -> n_layer pre-norm blocks -> final RMSNorm -> linear head (tied to the embedding
+unless tie_embeddings=False). Each block: x + attn(norm_1(x)), then x + ffn(norm_2(x)). What
+changed since GPT-2 (nanolm.gpt):
+
+- positions: no learned position table. Queries and keys are rotated by angles proportional to their
+  position (RoPE), so a query-key dot product depends only on the offset between the two positions.
+  `apply_rope` uses the half-split pairing (feature i turns together with feature i + D/2), the form
+  of Hugging Face's LlamaForCausalLM; `apply_rope_complex` is Meta's original interleaved complex
+  form (features 2i and 2i+1 as one complex number). The two agree after `interleaved_to_half`.
+- RMSNorm (rescale only: no mean subtraction, no bias) instead of LayerNorm.
+- SwiGLU feed-forward, down(silu(gate(x)) * up(x)), with hidden width 8*round(C/3): three matrices
+  with the parameters of GELU's two C x 4C matrices.
+- grouped-query attention: n_head query heads share n_kv_head key/value heads (n_kv_head = n_head is
+  multi-head attention, 1 is multi-query attention); optional RMSNorm of queries and keys (qk_norm).
+- no biases anywhere, and a KV cache (nanolm.kvcache) for generation.
+
+Knobs for ablations, each putting back one GPT-2 choice: pos="learned", norm="layer", mlp="gelu",
+bias=True. Parts from later notebook sections: attention="mla" (nanolm.mla, DeepSeek-V2 multi-head
+latent attention) and n_experts > 0 (nanolm.moe, a mixture-of-experts feed-forward).
+
+Shapes: B batch, T time, C n_embd, H n_head, Hkv n_kv_head, D = C // H head size, V vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import artifacts, flash
+from .kvcache import KVCache
+from .sampling import sample_next
+
+CHOICES = {"pos": ("rope", "learned", "none"), "norm": ("rms", "layer"), "mlp": ("swiglu", "gelu"),
+           "attention": ("gqa", "mla")}
+ATTENTION_MODES = ("auto", "sdpa", "manual", "tiled")
+
+
+@dataclass
+class LlamaConfig:
+    """The sizes and choices of a Llama-style model; saved with every checkpoint."""
+
+    vocab_size: int = 4096
+    block_size: int = 256  # the context it is trained on (with RoPE the model itself runs at any length)
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # key/value heads: None -> n_head (MHA); 1 = MQA; in between = GQA
+    n_embd: int = 128
+    ffn_hidden: int | None = None  # None -> 8 * round(C / 3) for SwiGLU (GELU's 8C^2 params), 4C for GELU
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    pos: str = "rope"  # "rope" | "learned" | "none"
+    norm: str = "rms"  # "rms" | "layer"
+    mlp: str = "swiglu"  # "swiglu" | "gelu"
+    bias: bool = False
+    attention: str = "gqa"  # "gqa" (MHA, GQA, MQA) | "mla" (nanolm.mla)
+    kv_rank: int = 0  # MLA: width of the shared key/value latent
+    rope_dim: int = 0  # MLA: width of the decoupled RoPE key (shared by all heads)
+    n_experts: int = 0  # > 0: mixture-of-experts feed-forward (nanolm.moe)
+    top_k: int = 2  # MoE: experts per token
+    expert_hidden: int | None = None  # MoE: None -> ffn_hidden // top_k (active params = the dense FFN's)
+    aux_loss_coef: float = 0.01  # MoE: weight of the load-balancing loss (added in training mode)
+
+    def __post_init__(self):
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if min(self.vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd) < 1:
+            raise ValueError(f"LlamaConfig sizes must be positive: {self}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head size, got {self.head_dim}")
+        if self.ffn_hidden is None:
+            self.ffn_hidden = 8 * round(self.n_embd / 3) if self.mlp == "swiglu" else 4 * self.n_embd
+        if self.attention == "mla" and (self.kv_rank < 1 or self.rope_dim < 2 or self.rope_dim % 2):
+            raise ValueError("attention='mla' needs kv_rank >= 1 and an even rope_dim >= 2")
+        if self.n_experts:
+            if not 1 <= self.top_k <= self.n_experts:
+                raise ValueError(f"top_k must be in [1, n_experts={self.n_experts}], got {self.top_k}")
+            if self.expert_hidden is None:
+                self.expert_hidden = max(1, self.ffn_hidden // self.top_k)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LlamaConfig:
+        """Build from a saved dict; unknown keys are an error (a checkpoint from another model)."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"not a LlamaConfig: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------- RMSNorm and RoPE
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight over the last dim, computed in float32 (as torch.nn.RMSNorm)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y.type_as(x) * self.weight
+
+
+def rope_frequencies(dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """The dim/2 rotation speeds theta^(-2i/dim), i = 0 .. dim/2 - 1: fast for early pairs, slow for late."""
+    return 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+
+
+def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (T,) -> (cos, sin), each (T, dim/2): the angle position * speed of every pair."""
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, dim/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., T, D) pairwise by (cos, sin) (T, D/2); half-split pairs: feature i with i + D/2."""
+    h = x.size(-1) // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def apply_rope_complex(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
+    """Meta's form: features (2i, 2i+1) of x (..., T, D) are one complex number, multiplied by e^(i pos w_i)."""
+    D = x.size(-1)
+    z = torch.view_as_complex(x.double().reshape(*x.shape[:-1], D // 2, 2).contiguous())  # (..., T, D/2)
+    angles = positions.double()[:, None] * rope_frequencies(D, theta).double()[None, :]  # (T, D/2)
+    rotated = z * torch.polar(torch.ones_like(angles), angles)
+    return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
+
+
+def interleaved_to_half(x: torch.Tensor) -> torch.Tensor:
+    """Reorder the last dim from pairs (0,1),(2,3),... to halves [0,2,4,...,1,3,5,...]."""
+    return torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)
+
+
+# ----------------------------------------------------------------------------- attention and FFN
+
+
+class Attention(nn.Module):
+    """Causal grouped-query attention with RoPE: n_head query heads share n_kv_head key/value heads."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        C, H, Hkv, D = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = H, Hkv, D
+        self.wq = nn.Linear(C, H * D, bias=cfg.bias)
+        self.wk = nn.Linear(C, Hkv * D, bias=cfg.bias)
+        self.wv = nn.Linear(C, Hkv * D, bias=cfg.bias)
+        self.wo = nn.Linear(H * D, C, bias=cfg.bias)
+        self.q_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None
+        self.rope = cfg.pos == "rope"
+        self.register_buffer("inv_freq", rope_frequencies(D, cfg.rope_theta), persistent=False)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.mode = "auto"
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope:
+            cos, sin = rope_angles(positions, self.inv_freq)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, Hkv, L, D): every position so far, this one last
+        p_drop = self.dropout if self.training else 0.0
+        y = run_attention(q, k, v, self.mode, p_drop)  # (B, H, T, D)
+        return self.resid_drop(self.wo(y.transpose(1, 2).reshape(B, T, -1)))
+
+
+def run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "auto",
+                  dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
+    """Causal attention of q (B, H, Tq, D) over k, v (B, Hkv, Tk, D), Tk >= Tq, through one of ATTENTION_MODES."""
+    if mode == "auto":
+        return flash.attention(q, k, v, causal=True, dropout_p=dropout_p, scale=scale)
+    if mode == "sdpa":
+        return flash.sdpa_attention(q, k, v, causal=True, dropout_p=dropout_p, scale=scale)
+    if dropout_p:
+        raise ValueError(f"attention mode {mode!r} has no dropout; use 'auto' or 'sdpa' to train with dropout")
+    if mode == "manual":
+        return flash.naive_attention(q, k, v, causal=True, scale=scale)
+    if mode == "tiled":
+        return flash.tiled_attention(q, k, v, causal=True, scale=scale)
+    raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)): a gated feed-forward, (..., C) -> (..., C)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=bias)
+        self.up = nn.Linear(dim, hidden, bias=bias)
+        self.down = nn.Linear(hidden, dim, bias=bias)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.down(F.silu(self.gate(x)) * self.up(x)))
+
+
+class GELUMLP(nn.Module):
+    """proj(gelu(fc(x))): GPT-2's feed-forward, (..., C) -> (..., C)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, dim, bias=bias)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+def make_norm(cfg: LlamaConfig, dim: int | None = None) -> nn.Module:
+    """RMSNorm, or LayerNorm when cfg.norm == 'layer' (with a bias when cfg.bias)."""
+    dim = dim or cfg.n_embd
+    return RMSNorm(dim, cfg.norm_eps) if cfg.norm == "rms" else nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.norm_1 = make_norm(cfg)
+        if cfg.attention == "mla":  # imported here: mla and moe build on this module's parts
+            from .mla import LatentAttention
+
+            self.attn = LatentAttention(cfg)
+        else:
+            self.attn = Attention(cfg)
+        self.norm_2 = make_norm(cfg)
+        if cfg.n_experts:
+            from .moe import MoE
+
+            self.ffn = MoE(cfg.n_embd, cfg.expert_hidden, cfg.n_experts, cfg.top_k, bias=cfg.bias)
+        elif cfg.mlp == "swiglu":
+            self.ffn = SwiGLU(cfg.n_embd, cfg.ffn_hidden, cfg.bias, cfg.dropout)
+        else:
+            self.ffn = GELUMLP(cfg.n_embd, cfg.ffn_hidden, cfg.bias, cfg.dropout)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.norm_1(x), positions, cache, layer)
+        return x + self.ffn(self.norm_2(x))
+
+
+# ----------------------------------------------------------------------------- the model
+
+RESIDUAL_PROJECTIONS = ("attn.wo.weight", "ffn.down.weight", "ffn.proj.weight")  # write into the residual stream
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        self.aux_loss: torch.Tensor | None = None  # MoE load-balancing loss of the last forward
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # residual projections: std 0.02 / sqrt(2 * n_layer)
+            if name.endswith(RESIDUAL_PROJECTIONS) or (".experts." in name and name.endswith("down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets are given.
+
+        Targets equal to -100 are ignored. With a cache, idx continues the cached tokens: its positions
+        start at cache.length, and its keys and values are appended. With RoPE (or no positions) T may
+        exceed block_size; learned positions stop at block_size. In training mode an MoE model adds
+        aux_loss_coef * its load-balancing loss to the returned loss (evaluation returns pure cross-entropy).
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if self.pos_emb is not None and start + T > self.config.block_size:
+            raise ValueError(f"positions up to {start + T} exceed block_size {self.config.block_size} "
+                             "(learned positions have no embedding beyond it)")
+        positions = torch.arange(start, start + T, device=idx.device)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, cache, i)
+        if cache is not None:
+            cache.advance(T)
+        logits = self.head(self.norm_f(x))  # (B, T, V)
+        if self.config.n_experts:
+            self.aux_loss = sum(b.ffn.aux_loss for b in self.blocks) / self.config.n_layer
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+            if self.config.n_experts and self.training:
+                loss = loss + self.config.aux_loss_coef * self.aux_loss
+        return logits, loss
+
+    def num_params(self, active: bool = False) -> int:
+        """Parameter count (a tied head counted once); active=True counts top_k of the n_experts experts."""
+        n = sum(p.numel() for p in self.parameters())
+        if active and self.config.n_experts:
+            per_expert = sum(p.numel() for p in self.blocks[0].ffn.experts[0].parameters())
+            n -= self.config.n_layer * (self.config.n_experts - self.config.top_k) * per_expert
+        return n
+
+    def set_attention(self, mode: str) -> None:
+        """'auto' (flash-attn on CUDA when installed, else SDPA), 'sdpa', 'manual' (written out) or 'tiled'."""
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
+        for block in self.blocks:
+            block.attn.mode = mode
+
+    def new_cache(self, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for up to max_len positions (default block_size)."""
+        return KVCache(self.config.n_layer, max_len or self.config.block_size)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Extend idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens).
+
+        Without the cache every step re-runs the model on the last block_size tokens. With it, the
+        prompt is run once (prefill) and then one token per step; both give the same logits while the
+        text fits in block_size. When the cache is full it is rebuilt from the last block_size // 2
+        tokens, so the model always sees between block_size / 2 and block_size tokens.
+        """
+        was_training = self.training
+        self.eval()
+        bs = self.config.block_size
+        cache = self.new_cache(bs) if use_cache else None
+        logits = None
+        for _ in range(max_new_tokens):
+            if cache is None:
+                logits, _ = self(idx[:, -bs:])
+            elif logits is None:  # prefill: the prompt's keys and values in one pass
+                logits, _ = self(idx[:, -bs:], cache=cache)
+            elif cache.length == cache.max_len:  # full: start again from the recent half
+                cache.reset()
+                logits, _ = self(idx[:, -(bs // 2):], cache=cache)
+            else:
+                logits, _ = self(idx[:, -1:], cache=cache)  # one new token
+            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            idx = torch.cat([idx, nxt], dim=1)
+        self.train(was_training)
+        return idx
+
+    # ------------------------------------------------------------------ saving and loading
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The state dict (a tied head left out: it is the token embedding), ready for safetensors."""
+        state = self.state_dict()
+        return {k: v for k, v in state.items() if not (self.config.tie_embeddings and k == "head.weight")}
+
+    @classmethod
+    def from_tensors(cls, cfg: LlamaConfig, tensors: dict[str, torch.Tensor]) -> Llama:
+        """Rebuild a model from `tensors()`; missing or unexpected keys are refused."""
+        model = cls(cfg)
+        expected, got = set(model.tensors()), set(tensors)
+        if expected != got:
+            raise ValueError(
+                "these tensors do not fit a Llama with this config: "
+                f"missing {sorted(expected - got)[:5]}, unexpected {sorted(got - expected)[:5]}"
+            )
+        state = dict(tensors)
+        if cfg.tie_embeddings:
+            state["head.weight"] = tensors["tok_emb.weight"]
+        model.load_state_dict(state)
+        return model
+
+
+def save(model: Llama, name: str, *, notebook: str, profile: str, metrics: dict | None = None,
+         files: dict | None = None) -> artifacts.Artifact:
+    """Save a Llama as an artifact: safetensors weights + its config {"model": "llama", ...} (+ metrics)."""
+    return artifacts.save(name, notebook=notebook, profile=profile, tensors=model.tensors(),
+                          config={"model": "llama", **model.config.to_dict()}, metrics=metrics, files=files)
+
+
+def load(name: str, *, profile: str, device: torch.device | str = "cpu") -> tuple[Llama, artifacts.Artifact]:
+    """Load a Llama artifact (sha256-verified) -> (model in eval mode on device, the artifact)."""
+    art = artifacts.load(name, profile=profile)
+    cfg = dict(art.config)
+    if cfg.pop("model", None) != "llama":
+        raise ValueError(f"artifact {name!r} does not hold a Llama (config: {art.config})")
+    model = Llama.from_tensors(LlamaConfig.from_dict(cfg), art.tensors())
+    return model.to(device).eval(), art
+
+
+# ---------------------------------------------------------------------- Hugging Face Llama
+
+_HF_BLOCK = {
+    "norm_1.weight": "input_layernorm.weight", "norm_2.weight": "post_attention_layernorm.weight",
+    "attn.wq.weight": "self_attn.q_proj.weight", "attn.wk.weight": "self_attn.k_proj.weight",
+    "attn.wv.weight": "self_attn.v_proj.weight", "attn.wo.weight": "self_attn.o_proj.weight",
+    "ffn.gate.weight": "mlp.gate_proj.weight", "ffn.up.weight": "mlp.up_proj.weight",
+    "ffn.down.weight": "mlp.down_proj.weight",
+}
+_HF_TOP = {"tok_emb.weight": "model.embed_tokens.weight", "norm_f.weight": "model.norm.weight",
+           "head.weight": "lm_head.weight"}
+
+
+def hf_name(ours: str) -> str:
+    """Our parameter name -> transformers' LlamaForCausalLM name (both nn.Linear: no transposes)."""
+    if ours in _HF_TOP:
+        return _HF_TOP[ours]
+    _, i, rest = ours.split(".", 2)  # blocks.{i}.{rest}
+    return f"model.layers.{i}.{_HF_BLOCK[rest]}"
+
+
+def to_hf(model: Llama):
+    """A transformers LlamaForCausalLM (built locally from a LlamaConfig) holding our weights."""
+    from transformers import LlamaConfig as HFLlamaConfig
+    from transformers import LlamaForCausalLM
+
+    c = model.config
+    plain = dict(pos="rope", norm="rms", mlp="swiglu", bias=False, attention="gqa", n_experts=0, qk_norm=False)
+    off = {k: getattr(c, k) for k, v in plain.items() if getattr(c, k) != v}
+    if off:
+        raise ValueError(f"only a plain Llama maps onto LlamaForCausalLM; this one has {off}")
+    hf = LlamaForCausalLM(HFLlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.ffn_hidden, num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, max_position_embeddings=c.block_size,
+        rms_norm_eps=c.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+        tie_word_embeddings=c.tie_embeddings, attention_bias=False, mlp_bias=False, attention_dropout=0.0,
+    ))
+    state = {hf_name(k): v for k, v in model.tensors().items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    left = [k for k in missing if not (c.tie_embeddings and k == "lm_head.weight")]
+    if left or unexpected:
+        raise RuntimeError(f"weight mapping to LlamaForCausalLM is incomplete: missing {left}, unexpected {unexpected}")
+    if c.tie_embeddings:
+        hf.tie_weights()
+    return hf.eval()
+
+
+def from_hf(hf) -> Llama:
+    """Our Llama with the weights of a transformers LlamaForCausalLM (default RoPE only)."""
+    c = hf.config
+    rope = getattr(c, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"only default RoPE is supported, got {rope}")
+    cfg = LlamaConfig(vocab_size=c.vocab_size, block_size=c.max_position_embeddings, n_layer=c.num_hidden_layers,
+                      n_head=c.num_attention_heads, n_kv_head=c.num_key_value_heads, n_embd=c.hidden_size,
+                      ffn_hidden=c.intermediate_size, rope_theta=rope.get("rope_theta", 10000.0),
+                      norm_eps=c.rms_norm_eps, tie_embeddings=c.tie_word_embeddings)
+    hf_state = hf.state_dict()
+    tensors = {name: hf_state[hf_name(name)].contiguous() for name in Llama(cfg).tensors()}
+    return Llama.from_tensors(cfg, tensors).eval()

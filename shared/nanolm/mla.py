@@ -1,0 +1,86 @@
+"""Multi-head latent attention (DeepSeek-V2): keys and values rebuilt from one small cached latent.
+
+Multi-head attention caches, per token and layer, a key and a value for every head: 2 * H * D numbers.
+GQA and MQA shrink that by sharing heads. MLA instead caches one latent vector per token,
+c = RMSNorm(W_dkv x) of width r (kv_rank), from which every head's key and value are up-projected:
+k_h = W_uk,h c and v_h = W_uv,h c. The cache holds r numbers, plus d_r (rope_dim) for position:
+
+RoPE cannot live inside the latent keys. A position-dependent rotation would sit between W_uk and
+the query, so W_uk could no longer be folded into the query at inference ("absorption":
+q . (W_uk c) = (W_uk^T q) . c lets attention run straight on the cached latents). So position
+travels in a separate, "decoupled" part: every head's query gets d_r extra features rotated by RoPE,
+matched against one rotated key k_r = RoPE(W_kr x) shared by all heads and cached next to c:
+
+    score_h(i, j) = (q_h,i . k_h,j + q_h,i^rope . k_r,j) / sqrt(D + d_r)
+
+Shapes: B batch, T new positions, L cached positions, C n_embd, H n_head, D head size,
+r kv_rank, d_r rope_dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .kvcache import KVCache
+from .llama import LlamaConfig, RMSNorm, apply_rope, rope_angles, rope_frequencies, run_attention
+
+
+class LatentAttention(nn.Module):
+    """Causal multi-head latent attention with a decoupled RoPE key; caches (latent, rope key) per token."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        C, H, D, r, dr = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.kv_rank, cfg.rope_dim
+        self.n_head, self.head_dim, self.rope_dim = H, D, dr
+        self.wq = nn.Linear(C, H * (D + dr), bias=cfg.bias)  # content and rotary part of every query
+        self.w_dkv = nn.Linear(C, r, bias=cfg.bias)  # down to the latent (this is what is cached)
+        self.kv_norm = RMSNorm(r, cfg.norm_eps)
+        self.w_uk = nn.Linear(r, H * D, bias=False)  # latent -> every head's key
+        self.w_uv = nn.Linear(r, H * D, bias=False)  # latent -> every head's value
+        self.w_kr = nn.Linear(C, dr, bias=cfg.bias)  # the shared key that carries position
+        self.wo = nn.Linear(H * D, C, bias=cfg.bias)
+        self.register_buffer("inv_freq", rope_frequencies(dr, cfg.rope_theta), persistent=False)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.mode = "auto"
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, D, dr = self.n_head, self.head_dim, self.rope_dim
+        q = self.wq(x).view(B, T, H, D + dr).transpose(1, 2)  # (B, H, T, D + dr)
+        q_nope, q_rope = q.split([D, dr], dim=-1)
+        cos, sin = rope_angles(positions, self.inv_freq)  # (T, dr / 2)
+        q_rope = apply_rope(q_rope, cos, sin)
+        latent = self.kv_norm(self.w_dkv(x))  # (B, T, r)
+        k_rope = apply_rope(self.w_kr(x).unsqueeze(1), cos, sin)  # (B, 1, T, dr): one for all heads
+        if cache is not None:
+            latent, k_rope = cache.update(layer, latent, k_rope)  # (B, L, r), (B, 1, L, dr)
+        L = latent.size(1)
+        k_nope = self.w_uk(latent).view(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
+        v = self.w_uv(latent).view(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
+        q = torch.cat((q_nope, q_rope), dim=-1)  # (B, H, T, D + dr)
+        k = torch.cat((k_nope, k_rope.expand(B, H, L, dr)), dim=-1)  # (B, H, L, D + dr)
+        mode = "sdpa" if self.mode == "auto" else self.mode  # values are narrower than keys: not flash-attn
+        y = run_attention(q, k, v, mode, self.dropout if self.training else 0.0)  # (B, H, T, D)
+        return self.resid_drop(self.wo(y.transpose(1, 2).reshape(B, T, H * D)))
+
+    def absorbed_scores(self, x: torch.Tensor, positions: torch.Tensor, latent: torch.Tensor,
+                        k_rope: torch.Tensor) -> torch.Tensor:
+        """Unscaled scores of queries from x (B, T, C) against cached latent (B, L, r) and k_rope (B, 1, L, dr),
+        with W_uk folded into the queries: no per-head key is ever built -> (B, H, T, L)."""
+        B, T, _ = x.shape
+        H, D, dr = self.n_head, self.head_dim, self.rope_dim
+        q = self.wq(x).view(B, T, H, D + dr).transpose(1, 2)
+        q_nope, q_rope = q.split([D, dr], dim=-1)
+        cos, sin = rope_angles(positions, self.inv_freq)
+        w_uk = self.w_uk.weight.view(H, D, -1)  # (H, D, r)
+        q_latent = q_nope @ w_uk  # (B, H, T, r): W_uk^T q, per head
+        return q_latent @ latent.unsqueeze(1).transpose(-2, -1) + apply_rope(q_rope, cos, sin) @ k_rope.transpose(-2, -1)
+
+
+def cache_floats_per_token(cfg: LlamaConfig) -> int:
+    """Numbers a KV cache keeps per token, summed over layers: (r + d_r) for MLA, 2 Hkv D otherwise."""
+    per_layer = cfg.kv_rank + cfg.rope_dim if cfg.attention == "mla" else 2 * cfg.n_kv_head * cfg.head_dim
+    return cfg.n_layer * per_layer

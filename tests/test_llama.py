@@ -1,0 +1,209 @@
+"""nanolm.llama against torch and Hugging Face: RoPE, RMSNorm, GQA, the KV cache, LlamaForCausalLM parity."""
+
+import math
+
+import pytest
+import torch
+
+from nanolm import artifacts, gpt, llama
+from nanolm.llama import Llama, LlamaConfig
+
+SMALL = LlamaConfig(vocab_size=64, block_size=24, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+
+
+def _model(cfg=SMALL, seed=0) -> Llama:
+    torch.manual_seed(seed)
+    model = Llama(cfg).eval()
+    with torch.no_grad():  # gains away from 1, so a mix-up of norm weights shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+def _ids(cfg=SMALL, B=2, T=None, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(cfg.vocab_size, (B, T or cfg.block_size), generator=g)
+
+
+def test_rope_scores_depend_only_on_the_offset():
+    """q.k after RoPE at positions (m, n) equals that at (m + s, n + s) for any shift s (float64, 1e-12)."""
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(16, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
+    inv_freq = llama.rope_frequencies(16).double()
+
+    def score(m, n):
+        cq, sq = llama.rope_angles(torch.tensor([m]), inv_freq)
+        ck, sk = llama.rope_angles(torch.tensor([n]), inv_freq)
+        return (llama.apply_rope(q[None], cq.double(), sq.double()) @ llama.apply_rope(k[None], ck.double(), sk.double()).T).item()
+
+    for m, n in [(5, 2), (2, 5), (7, 7), (30, 1)]:
+        ref = score(m, n)
+        for s in (1, 13, 1000):
+            assert math.isclose(score(m + s, n + s), ref, rel_tol=0, abs_tol=1e-9)
+    assert not math.isclose(score(5, 2), score(5, 3), abs_tol=1e-3)  # and it does depend on the offset
+
+
+def test_rope_complex_interleaved_equals_real_half_split():
+    """Meta's complex form on interleaved pairs == the real half-split form after permuting features."""
+    x = torch.randn(2, 3, 10, 16, dtype=torch.float64)
+    pos = torch.arange(5, 15)
+    cos, sin = llama.rope_angles(pos, llama.rope_frequencies(16).double())
+    half = llama.apply_rope(llama.interleaved_to_half(x), cos.double(), sin.double())
+    cplx = llama.interleaved_to_half(llama.apply_rope_complex(x, pos))
+    torch.testing.assert_close(half, cplx, atol=1e-12, rtol=0)
+    torch.testing.assert_close(half.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps lengths
+
+
+def test_rmsnorm_equals_torch():
+    x = torch.randn(4, 7, 32) * 3 + 1
+    ours = llama.RMSNorm(32, eps=1e-5)
+    ref = torch.nn.RMSNorm(32, eps=1e-5)
+    with torch.no_grad():
+        ours.weight.normal_()
+        ref.weight.copy_(ours.weight)
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-6, rtol=1e-6)
+
+
+def test_swiglu_is_parameter_matched_and_bias_free():
+    for C in (64, 128, 256, 384):
+        swi = LlamaConfig(n_embd=C, n_head=4).ffn_hidden * 3 * C
+        gelu = 8 * C * C
+        assert abs(swi - gelu) / gelu < 0.02, (C, swi, gelu)
+    assert not [n for n, _ in _model().named_parameters() if n.endswith("bias")]
+
+
+def test_mha_equals_torch_multihead_attention():
+    """n_kv_head = n_head, no positions: our attention == nn.MultiheadAttention with a causal mask (1e-6)."""
+    cfg = LlamaConfig(n_embd=32, n_head=4, pos="none")
+    torch.manual_seed(0)
+    attn = llama.Attention(cfg).eval()
+    ref = torch.nn.MultiheadAttention(32, 4, bias=False, batch_first=True).eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([attn.wq.weight, attn.wk.weight, attn.wv.weight]))
+        ref.out_proj.weight.copy_(attn.wo.weight)
+    x = torch.randn(2, 9, 32)
+    blocked = torch.ones(9, 9, dtype=torch.bool).triu(1)  # torch's convention: True = may not attend
+    expected, _ = ref(x, x, x, attn_mask=blocked, need_weights=False)
+    torch.testing.assert_close(attn(x, torch.arange(9)), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_gqa_equals_mha_with_repeated_key_value_heads():
+    gqa = _model(LlamaConfig(**{**SMALL.to_dict(), "n_kv_head": 2}))
+    mha = Llama(LlamaConfig(**{**SMALL.to_dict(), "n_kv_head": 4})).eval()
+    state = gqa.state_dict()
+    D = SMALL.head_dim
+    for key in list(state):
+        if key.endswith(("attn.wk.weight", "attn.wv.weight")):  # (Hkv * D, C) -> (H * D, C), heads repeated
+            state[key] = state[key].view(2, D, -1).repeat_interleave(2, dim=0).reshape(4 * D, -1)
+    mha.load_state_dict(state)
+    idx = _ids()
+    torch.testing.assert_close(mha(idx)[0], gqa(idx)[0], atol=1e-5, rtol=0)
+
+
+VARIANTS = {
+    "gqa": {}, "mqa": {"n_kv_head": 1}, "qk_norm": {"qk_norm": True},
+    "gpt_like": {"pos": "learned", "norm": "layer", "mlp": "gelu", "bias": True},
+    "mla": {"attention": "mla", "kv_rank": 16, "rope_dim": 4},
+    "moe": {"n_experts": 4, "top_k": 2},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_kv_cache_gives_the_same_logits(variant):
+    """Prefill 10 tokens, then one at a time: every logit equals the full forward (float32, atol 1e-5)."""
+    cfg = LlamaConfig(**{**SMALL.to_dict(), **VARIANTS[variant]})
+    model = _model(cfg)
+    idx = _ids(cfg)
+    full, _ = model(idx)
+    cache = model.new_cache()
+    steps = [model(idx[:, :10], cache=cache)[0]]
+    steps += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(10, 16)]
+    steps.append(model(idx[:, 16:], cache=cache)[0])  # a chunk of several tokens after the prefill
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    assert cache.length == cfg.block_size
+    with pytest.raises(ValueError, match="full|exceed"):
+        model(idx[:, :1], cache=cache)
+
+
+def test_generate_with_and_without_cache_agree_and_cache_refills():
+    model = _model()
+    prompt = _ids(B=2, T=4)
+    a = model.generate(prompt, 18, temperature=0, use_cache=True)
+    b = model.generate(prompt, 18, temperature=0, use_cache=False)
+    assert torch.equal(a, b)  # greedy, all within block_size: identical
+    long = model.generate(prompt, 40, temperature=0, use_cache=True)  # past block_size: cache rebuilt
+    assert long.shape == (2, 44) and torch.equal(long[:, :22], a)
+
+
+def test_rope_runs_past_block_size_learned_positions_refuse():
+    model = _model()
+    logits, _ = model(_ids(T=2 * SMALL.block_size))
+    assert logits.shape == (2, 48, SMALL.vocab_size) and torch.isfinite(logits).all()
+    learned = _model(LlamaConfig(**{**SMALL.to_dict(), "pos": "learned"}))
+    with pytest.raises(ValueError, match="block_size"):
+        learned(_ids(T=SMALL.block_size + 1))
+
+
+def test_logits_equal_hf_llama_both_ways():
+    """Our weights in transformers' LlamaForCausalLM: same logits (float32, atol 1e-4); and back, exactly."""
+    for tie in (True, False):
+        cfg = LlamaConfig(**{**SMALL.to_dict(), "tie_embeddings": tie, "rope_theta": 500.0})
+        model = _model(cfg)
+        idx = _ids(cfg)
+        hf = llama.to_hf(model)
+        with torch.no_grad():
+            theirs = hf(idx).logits
+        torch.testing.assert_close(theirs, model(idx)[0], atol=1e-4, rtol=0)
+        back = llama.from_hf(hf)
+        assert back.config == cfg
+        for name, t in model.tensors().items():
+            assert torch.equal(back.tensors()[name], t), name
+    with pytest.raises(ValueError, match="plain Llama"):
+        llama.to_hf(_model(LlamaConfig(**{**SMALL.to_dict(), "qk_norm": True})))
+
+
+def test_loss_ignores_minus_100_and_moe_aux_only_in_training():
+    model = _model(LlamaConfig(**{**SMALL.to_dict(), "n_experts": 4}))
+    idx, tgt = _ids(), _ids(seed=2)
+    tgt[:, :5] = -100
+    logits, loss = model(idx, tgt)
+    ref = torch.nn.functional.cross_entropy(logits[:, 5:].reshape(-1, 64), tgt[:, 5:].reshape(-1))
+    torch.testing.assert_close(loss, ref)
+    model.train()
+    _, train_loss = model(idx, tgt)
+    torch.testing.assert_close(train_loss, ref + SMALL.aux_loss_coef * model.aux_loss, atol=1e-5, rtol=0)
+    assert model.num_params(active=True) < model.num_params()
+
+
+def test_save_load_round_trip_and_refusals():
+    model = _model()
+    llama.save(model, "base", notebook="09_modern_architecture", profile="smoke", metrics={"val_loss": 3.0})
+    loaded, art = llama.load("base", profile="smoke")
+    assert art.config["model"] == "llama" and art.metrics["val_loss"] == 3.0
+    idx = _ids()
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+    assert loaded.head.weight is loaded.tok_emb.weight
+    bad = model.tensors()
+    bad.pop("norm_f.weight")
+    with pytest.raises(ValueError, match="missing"):
+        Llama.from_tensors(SMALL, bad)
+    with pytest.raises(ValueError, match="unknown keys"):
+        LlamaConfig.from_dict({**SMALL.to_dict(), "n_positions": 9})
+    gpt.save(gpt.GPT(gpt.GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)), "gpt-base",
+             notebook="08_pretraining", profile="smoke")
+    with pytest.raises(ValueError, match="does not hold a Llama"):
+        llama.load("gpt-base", profile="smoke")
+    with pytest.raises(artifacts.ArtifactError, match="missing"):
+        llama.load("base", profile="cpu")
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="multiple of n_kv_head"):
+        LlamaConfig(n_head=4, n_kv_head=3)
+    with pytest.raises(ValueError, match="pos must be"):
+        LlamaConfig(pos="alibi")
+    with pytest.raises(ValueError, match="mla"):
+        LlamaConfig(attention="mla")
+    with pytest.raises(ValueError, match="attention mode"):
+        _model().set_attention("fast")
