@@ -1,0 +1,362 @@
+"""nanolm.train: schedules vs torch's schedulers, AdamW groups, accumulation, clipping, exact resume,
+atomic and verified checkpoints, precision choice and the progress line."""
+
+import math
+import re
+
+import pytest
+import torch
+
+from nanolm import train
+from nanolm.gpt import GPT, GPTConfig
+from nanolm.train import CheckpointError, TrainConfig, Trainer
+
+LINE = re.compile(
+    r"^step \d+/\d+ \| loss \d+\.\d\d \| lr \d\.\de[-+]\d\d \| \d+(\.\d+)?[kM]? tok/s"
+    r" \| mfu (\d+\.\d%|n/a) \| \d+\.\d s$"
+)
+
+
+class ToySource:
+    """Random windows of a fixed token stream; batch i depends only on (seed, i), so its state is one int."""
+
+    def __init__(self, tokens: torch.Tensor, batch_size: int, block_size: int, seed: int = 0):
+        self.tokens, self.B, self.T, self.seed, self.position = tokens, batch_size, block_size, seed, 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.position)
+        ix = torch.randint(len(self.tokens) - self.T - 1, (self.B,), generator=g)
+        x = torch.stack([self.tokens[i : i + self.T] for i in ix])  # (B, T)
+        y = torch.stack([self.tokens[i + 1 : i + self.T + 1] for i in ix])  # (B, T)
+        self.position += 1
+        return x, y
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+
+
+class ListSource:
+    """Hands out a fixed list of batches in order."""
+
+    def __init__(self, batches):
+        self.batches, self.i = batches, 0
+
+    def next_batch(self):
+        self.i += 1
+        return self.batches[self.i - 1]
+
+    def state_dict(self):
+        return {"i": self.i}
+
+    def load_state_dict(self, state):
+        self.i = state["i"]
+
+
+def stream(n: int = 3000, vocab: int = 32) -> torch.Tensor:
+    """A learnable token stream: a repeating pattern with some noise."""
+    g = torch.Generator().manual_seed(1)
+    base = (torch.arange(n) * 7 % 13) + (torch.arange(n) // 5 % 3)
+    noise = torch.randint(vocab, (n,), generator=g)
+    return torch.where(torch.rand(n, generator=g) < 0.1, noise, base % vocab)
+
+
+def tiny_gpt(seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+    return GPT(GPTConfig(**{**cfg, **kw}))
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(max_steps=8, batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=2, eval_every=0,
+                log_every=2, eval_batches=2, grad_clip=1.0)
+    return TrainConfig(**{**base, **kw})
+
+
+def trainer(model=None, c=None, seed=0, val=False, lines=None, **kw) -> Trainer:
+    c = c or cfg()
+    vals = {"a": ToySource(stream(), 4, 16, seed=7), "b": ToySource(stream() % 5, 4, 16, seed=8)} if val else None
+    return Trainer(model or tiny_gpt(), c, ToySource(stream(), c.batch_size, 16, seed=seed), vals,
+                   printer=None if lines is None else lines.append, peak_flops_per_s=1e11, **kw)
+
+
+# ------------------------------------------------------------------------------ schedules
+
+
+def torch_lrs(make, steps: int, lr: float) -> list[float]:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=lr)
+    sched = make(opt)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_cosine_equals_torch_linear_then_cosine():
+    lr, min_lr, W, N = 6e-4, 6e-5, 10, 100
+    S = torch.optim.lr_scheduler
+    ref = torch_lrs(lambda o: S.SequentialLR(o, [
+        S.LinearLR(o, start_factor=1 / (W + 1), end_factor=1.0, total_iters=W),
+        S.CosineAnnealingLR(o, T_max=N - W, eta_min=min_lr)], milestones=[W]), N, lr)
+    ours = [train.cosine_lr(s, lr, min_lr, W, N) for s in range(N)]
+    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64),
+                               rtol=1e-9, atol=1e-15)
+    assert train.cosine_lr(N, lr, min_lr, W, N) == pytest.approx(min_lr)
+    assert train.cosine_lr(10 * N, lr, min_lr, W, N) == pytest.approx(min_lr)  # stays at the floor
+
+
+def test_wsd_equals_torch_linear_constant_linear():
+    lr, min_lr, W, N, frac = 1e-3, 1e-4, 5, 50, 0.2
+    D = round(frac * N)
+    S = torch.optim.lr_scheduler
+    ref = torch_lrs(lambda o: S.SequentialLR(o, [
+        S.LinearLR(o, start_factor=1 / (W + 1), end_factor=1.0, total_iters=W),
+        S.ConstantLR(o, factor=1.0, total_iters=1),
+        S.LinearLR(o, start_factor=1.0, end_factor=min_lr / lr, total_iters=D)], milestones=[W, N - D]), N, lr)
+    ours = [train.wsd_lr(s, lr, min_lr, W, N, frac) for s in range(N)]
+    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64),
+                               rtol=1e-9, atol=1e-15)
+    assert ours[W : N - D] == [lr] * (N - D - W)  # the stable phase is exactly flat
+
+
+def test_constant_equals_torch_linear_warmup_and_lr_at_dispatches():
+    S = torch.optim.lr_scheduler
+    ref = torch_lrs(lambda o: S.LinearLR(o, start_factor=1 / 5, end_factor=1.0, total_iters=4), 20, 0.01)
+    ours = [train.constant_lr(s, 0.01, 4) for s in range(20)]
+    torch.testing.assert_close(torch.tensor(ours), torch.tensor(ref), rtol=1e-7, atol=0)
+    c = cfg(max_steps=40, warmup_steps=4)
+    for name, fn in [("cosine", lambda s: train.cosine_lr(s, c.lr, c.min_lr, 4, 40)),
+                     ("wsd", lambda s: train.wsd_lr(s, c.lr, c.min_lr, 4, 40, 0.2)),
+                     ("constant", lambda s: train.constant_lr(s, c.lr, 4))]:
+        c.schedule = name
+        assert [train.lr_at(s, c) for s in range(40)] == [fn(s) for s in range(40)]
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+
+
+# ------------------------------------------------------------------------------ optimizer
+
+
+def test_param_groups_decay_matrices_only():
+    model = tiny_gpt(bias=True)
+    decay, no_decay = train.split_decay(model)
+    params = dict(model.named_parameters())
+    assert set(decay) | set(no_decay) == set(params) and not set(decay) & set(no_decay)
+    assert "tok_emb.weight" in decay and "pos_emb.weight" in decay  # embeddings are decayed (a choice)
+    assert "head.weight" not in params  # tied to tok_emb: one tensor, one group
+    assert all(params[n].dim() >= 2 for n in decay) and all(params[n].dim() == 1 for n in no_decay)
+    assert any(n.endswith("bias") for n in no_decay) and "ln_f.weight" in no_decay
+    groups = train.param_groups(model, 0.1)
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert sum(p.numel() for g in groups for p in g["params"]) == model.num_params()
+    opt = train.make_optimizer(model, cfg(weight_decay=0.1), torch.device("cpu"))
+    assert opt.param_groups[0]["foreach"] and opt.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_accumulating_4x2_equals_one_batch_of_8():
+    data = ToySource(stream(), 8, 16, seed=3)
+    big = [data.next_batch() for _ in range(2)]  # two optimizer steps of 8 sequences
+    small = [(x[i : i + 2], y[i : i + 2]) for x, y in big for i in range(0, 8, 2)]
+    c8, c2 = cfg(max_steps=2, batch_size=8, warmup_steps=0), cfg(max_steps=2, batch_size=2, grad_accum=4,
+                                                                  warmup_steps=0)
+    t8 = Trainer(tiny_gpt(), c8, ListSource(big), printer=None, peak_flops_per_s=1e11)
+    t2 = Trainer(tiny_gpt(), c2, ListSource(small), printer=None, peak_flops_per_s=1e11)
+    t8.run(), t2.run()
+    # float32 sums in another order: equal to rounding (about 1e-7 relative)
+    torch.testing.assert_close(torch.tensor(t2.losses), torch.tensor(t8.losses), rtol=1e-5, atol=1e-6)
+    for (n, p8), p2 in zip(t8.model.named_parameters(), t2.model.parameters(), strict=True):
+        torch.testing.assert_close(p2, p8, rtol=1e-4, atol=1e-6, msg=n)
+    assert t8.tokens_seen == t2.tokens_seen == 2 * 8 * 16
+
+
+def test_clipping_reports_preclip_norm_and_matches_manual_adamw():
+    c = cfg(max_steps=1, warmup_steps=0, grad_clip=0.05, log_every=1)
+    t = trainer(c=c)
+    x, y = ToySource(stream(), 4, 16, seed=0).next_batch()  # the batch the trainer will draw
+    ref = tiny_gpt()
+    _, loss = ref(x, y)
+    loss.backward()
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in ref.parameters()]))
+    assert norm > c.grad_clip  # so clipping really acts
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), c.grad_clip)
+    opt = torch.optim.AdamW(train.param_groups(ref, c.weight_decay), lr=c.lr, betas=c.betas, eps=c.eps)
+    opt.step()
+    t.run()
+    assert t.history[-1]["grad_norm"] == pytest.approx(norm.item(), rel=1e-5)
+    for p, q in zip(t.model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------ loop, eval, logs
+
+
+def test_progress_line_format_and_history():
+    assert train.progress_line(120, 2000, 1.9234, 6e-4, 18400, 0.123, 3.14) == (
+        "step 120/2000 | loss 1.92 | lr 6.0e-04 | 18.4k tok/s | mfu 12.3% | 3.1 s")
+    assert LINE.match(train.progress_line(5, 10, 10.5, 3e-5, 950, None, 0.0))
+    lines = []
+    t = trainer(c=cfg(max_steps=5, log_every=2), lines=lines)
+    hist = t.run()
+    assert len(lines) == 3 and all(LINE.match(s) for s in lines), lines  # steps 2, 4 and the last, 5
+    assert [h["step"] for h in hist] == [2, 4, 5] and len(t.losses) == 5
+    assert hist[0]["loss"] == pytest.approx(sum(t.losses[:2]) / 2)
+    assert all(h["tok_per_s"] > 0 and 0 < h["mfu"] for h in hist)
+    assert t.losses[-1] < t.losses[0]  # it learns
+
+
+def test_evaluate_per_domain_with_callback_and_tensorboard(tmp_path):
+    seen = []
+    t = trainer(c=cfg(max_steps=4, eval_every=2), val=True, log_dir=tmp_path / "tb")
+    hist = t.run(on_eval=lambda h: seen.append(h[-1]["step"]))
+    t.close()
+    assert seen == [0, 2, 4]
+    evals = [h for h in hist if "val" in h]
+    assert [sorted(h["val"]) for h in evals] == [["a", "b"]] * 3
+    assert evals[-1]["val"]["a"] < evals[0]["val"]["a"]
+    first = t.evaluate()
+    assert t.evaluate() == first  # every evaluation sees the same batches
+    assert first == evals[-1]["val"] and t.model.training
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_precision_auto_is_fp32_on_cpu():
+    assert train.resolve_precision("auto", "cpu") == "fp32"
+    assert train.resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="CUDA"):
+        train.resolve_precision("fp16", "cpu")
+    assert trainer().precision == "fp32"
+    assert train.autocast("fp32", torch.device("cpu")).__class__.__name__ == "nullcontext"
+
+
+def test_memory_report_counts_adam_state():
+    t = trainer(c=cfg(max_steps=1))
+    n = t.model.num_params()
+    t.run()
+    rep = t.memory_report()
+    assert rep["params"] == rep["grads"] == 4 * n
+    assert 8 * n <= rep["optimizer"] <= 8 * n + 4 * 64  # exp_avg, exp_avg_sq (+ a step scalar each)
+    assert rep["total"] == rep["params"] + rep["grads"] + rep["optimizer"]
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def test_resume_matches_uninterrupted_run_exactly(tmp_path):
+    c = cfg(max_steps=8, log_every=3, eval_every=4)  # stop at 5: between log steps
+    full = trainer(tiny_gpt(dropout=0.2), c, val=True)
+    full.run()
+    stopped = trainer(tiny_gpt(dropout=0.2), c, val=True)
+    stopped.run(until_step=5)
+    stopped.save_checkpoint(tmp_path / "ck")
+    resumed = trainer(tiny_gpt(seed=99, dropout=0.2), c, seed=0, val=True)  # other init, fresh source
+    assert resumed.load_checkpoint(tmp_path / "ck") == 5
+    resumed.run()
+    assert resumed.losses == full.losses  # bit for bit, dropout included
+    for p, q in zip(resumed.model.parameters(), full.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    sa, sb = resumed.optimizer.state_dict()["state"], full.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sb)
+    assert resumed.train_source.position == full.train_source.position
+
+
+def test_resume_without_rng_restore_differs(tmp_path, monkeypatch):
+    """The exact-resume test can fail: skip restoring the RNG and dropout masks change."""
+    c = cfg(max_steps=6)
+    full = trainer(tiny_gpt(dropout=0.2), c)
+    full.run()
+    stopped = trainer(tiny_gpt(dropout=0.2), c)
+    stopped.run(until_step=3)
+    stopped.save_checkpoint(tmp_path / "ck")
+    torch.manual_seed(1234)
+    resumed = trainer(tiny_gpt(dropout=0.2), c)
+    monkeypatch.setattr(train, "set_rng_state", lambda state: torch.manual_seed(1234))
+    resumed.load_checkpoint(tmp_path / "ck")
+    resumed.run()
+    assert resumed.losses[:3] == full.losses[:3] and resumed.losses[3:] != full.losses[3:]
+
+
+def test_periodic_checkpoints_and_no_pickle(tmp_path):
+    c = cfg(max_steps=4, checkpoint_every=2, checkpoint_dir=str(tmp_path / "run"))
+    trainer(c=c).run()
+    ck = tmp_path / "run" / "last"
+    assert sorted(p.name for p in ck.iterdir()) == [
+        "manifest.json", "model.safetensors", "optimizer.json", "optimizer.safetensors", "trainer.json"]
+    info = train.checkpoint_info(ck)
+    assert info["step"] == 4 and info["model"]["config"]["n_embd"] == 16
+    assert info["model"]["aliases"] == {"head.weight": "tok_emb.weight"}  # the tied head is stored once
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    t = trainer(c=cfg(max_steps=4))
+    t.run(until_step=2)
+    t.save_checkpoint(tmp_path / "ck")
+    t.run()
+    calls = []
+
+    def dying_writer(path, data):
+        if calls:
+            raise OSError("killed mid-save")
+        calls.append(path)
+        return real(path, data)
+
+    real = train.write_bytes_atomic
+    monkeypatch.setattr(train, "write_bytes_atomic", dying_writer)
+    with pytest.raises(OSError, match="killed"):
+        t.save_checkpoint(tmp_path / "ck")
+    monkeypatch.undo()
+    assert train.checkpoint_info(tmp_path / "ck")["step"] == 2
+    fresh = trainer(c=cfg(max_steps=4))
+    assert fresh.load_checkpoint(tmp_path / "ck") == 2
+    # a crash between the two renames (old moved aside, new not yet in place) is mended on load
+    (tmp_path / "ck").rename(tmp_path / ".ck.old-1")
+    assert fresh.load_checkpoint(tmp_path / "ck") == 2
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    t = trainer(c=cfg(max_steps=2))
+    t.run()
+    ck = t.save_checkpoint(tmp_path / "ck")
+    blob = bytearray((ck / "model.safetensors").read_bytes())
+    blob[-5] ^= 0x01  # one changed bit in a weight
+    (ck / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match=r"model.safetensors.*sha256.*Delete this folder"):
+        trainer().load_checkpoint(ck)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        trainer().load_checkpoint(tmp_path / "nothing")
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+    t = trainer(c=cfg(max_steps=1))
+    t.run()
+    ck = t.save_checkpoint(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match=r"n_embd=16 \(this model: 32\).*checkpoint's config"):
+        trainer(tiny_gpt(n_embd=32)).load_checkpoint(ck)
+    with pytest.raises(CheckpointError, match=r"dropout=0.0 \(this model: 0.1\).*strict=False"):
+        trainer(tiny_gpt(dropout=0.1)).load_checkpoint(ck)
+    assert trainer(tiny_gpt(dropout=0.1)).load_checkpoint(ck, strict=False) == 1
+
+
+def test_rng_state_round_trips_through_json():
+    import json
+    import random
+
+    import numpy as np
+
+    state = json.loads(json.dumps(train.get_rng_state()))
+    a = (random.random(), np.random.rand(), torch.rand(3))
+    train.set_rng_state(state)
+    b = (random.random(), np.random.rand(), torch.rand(3))
+    assert a[:2] == b[:2] and torch.equal(a[2], b[2])
+
+
+def test_compare_throughput_runs():
+    out = train.compare_throughput(tiny_gpt, lambda: ToySource(stream(), 4, 16), cfg(), steps=3, warmup=1,
+                                   repeats=1)
+    assert out["trainer_tok_per_s"] > 0 and out["minimal_tok_per_s"] > 0
+    assert math.isclose(out["ratio"], out["trainer_tok_per_s"] / out["minimal_tok_per_s"])
