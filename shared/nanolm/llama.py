@@ -26,6 +26,7 @@ Shapes: B batch, T time, C n_embd, H n_head, Hkv n_kv_head, D = C // H head size
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -359,7 +360,7 @@ class Llama(nn.Module):
         return KVCache(self.config.n_layer, max_len or self.config.block_size)
 
     @torch.no_grad()
-    def generate(
+    def stream(
         self,
         idx: torch.Tensor,
         max_new_tokens: int,
@@ -368,8 +369,8 @@ class Llama(nn.Module):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
-    ) -> torch.Tensor:
-        """Extend idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens).
+    ) -> Iterator[torch.Tensor]:
+        """Yield max_new_tokens sampled tokens (B, 1) one at a time, continuing idx (B, T).
 
         Without the cache every step re-runs the model on the last block_size tokens. With it, the
         prompt is run once (prefill) and then one token per step; both give the same logits while the
@@ -381,20 +382,29 @@ class Llama(nn.Module):
         bs = self.config.block_size
         cache = self.new_cache(bs) if use_cache else None
         logits = None
-        for _ in range(max_new_tokens):
-            if cache is None:
-                logits, _ = self(idx[:, -bs:])
-            elif logits is None:  # prefill: the prompt's keys and values in one pass
-                logits, _ = self(idx[:, -bs:], cache=cache)
-            elif cache.length == cache.max_len:  # full: start again from the recent half
-                cache.reset()
-                logits, _ = self(idx[:, -(bs // 2):], cache=cache)
-            else:
-                logits, _ = self(idx[:, -1:], cache=cache)  # one new token
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
-            idx = torch.cat([idx, nxt], dim=1)
-        self.train(was_training)
-        return idx
+        try:
+            for _ in range(max_new_tokens):
+                if cache is None:
+                    logits, _ = self(idx[:, -bs:])
+                elif logits is None:  # prefill: the prompt's keys and values in one pass
+                    logits, _ = self(idx[:, -bs:], cache=cache)
+                elif cache.length == cache.max_len:  # full: start again from the recent half
+                    cache.reset()
+                    logits, _ = self(idx[:, -(bs // 2):], cache=cache)
+                else:
+                    logits, _ = self(idx[:, -1:], cache=cache)  # one new token
+                nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+                idx = torch.cat([idx, nxt], dim=1)
+                yield nxt
+        finally:
+            self.train(was_training)
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, generator: torch.Generator | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
+        """Extend idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens); see `stream`."""
+        new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache))
+        return torch.cat([idx, *new], dim=1)
 
     # ------------------------------------------------------------------ saving and loading
 
