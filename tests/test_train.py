@@ -155,7 +155,7 @@ def test_param_groups_decay_matrices_only():
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
     assert sum(p.numel() for g in groups for p in g["params"]) == model.num_params()
     opt = train.make_optimizer(model, cfg(weight_decay=0.1), torch.device("cpu"))
-    assert opt.param_groups[0]["foreach"] and opt.param_groups[1]["weight_decay"] == 0.0
+    assert opt.param_groups[0]["fused"] and opt.param_groups[1]["weight_decay"] == 0.0
 
 
 def test_accumulating_4x2_equals_one_batch_of_8():

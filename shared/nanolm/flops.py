@@ -32,11 +32,11 @@ from torch import nn
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA datasheets, FLOP/s. First match wins,
 # so more specific names come first. fp16 peaks are the same on these GPUs.
 GPU_PEAK_BF16: list[tuple[str, float]] = [
+    ("GH200", 989.5e12),
     ("H200", 989.5e12),
     ("H100 PCIe", 756.0e12),
     ("H100 NVL", 835.0e12),
     ("H100", 989.5e12),  # SXM
-    ("GH200", 989.5e12),
     ("B200", 2250e12),
     ("A100", 312e12),
     ("A800", 312e12),
@@ -83,7 +83,11 @@ def datasheet_peak_flops(device: torch.device | str) -> float | None:
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name(device)
+    return gpu_peak_from_name(torch.cuda.get_device_name(device))
+
+
+def gpu_peak_from_name(name: str) -> float | None:
+    """The datasheet bf16 peak for a GPU name like 'NVIDIA H100 80GB HBM3', else None."""
     for key, peak in GPU_PEAK_BF16:
         if key in name:
             return peak
@@ -100,11 +104,11 @@ def sync(device: torch.device) -> None:
 
 def measure_peak_flops(
     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None,
-    seconds: float = 0.5,
+    seconds: float = 1.0,
 ) -> float:
     """Achieved FLOP/s of a square (size x size) @ (size x size) matmul: the best of repeated timings."""
     device = torch.device(device)
-    n = size or (8192 if device.type == "cuda" else 1024)
+    n = size or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b  # warm up: kernels, caches, lazy init
