@@ -3,7 +3,7 @@
     build()          every domain of nanolm.corpus -> {domain: {"train": ids, "val": ids}} (uint16 arrays);
                      documents are joined by <|endoftext|>, the last 5% of each domain is held out
                      (the very split of corpus.pretraining_splits, on which the tokenizer was trained)
-    save() / load()  the artifact `token-shards`: raw little-endian uint16 files <domain>.<split>.bin
+    save() / load()  the artifact `token-shards` (09 loads it): raw little-endian uint16 files <domain>.<split>.bin
                      plus index.json (token counts, the tokenizer's identity); load() verifies sha256
                      (nanolm.artifacts) and opens every file as a read-only np.memmap
     RandomWindows    training batches: random windows of T+1 tokens, domains drawn in proportion to
@@ -139,13 +139,13 @@ def filename(domain: str, split: str) -> str:
 # ----------------------------------------------------------------------------- the artifact
 
 
-def save(shards: Mapping[str, Mapping[str, np.ndarray]], tokenizer, *, notebook: str, profile: str,
+def save(name: str, shards: Mapping[str, Mapping[str, np.ndarray]], tokenizer, *, notebook: str, profile: str,
          config: dict | None = None, metrics: dict | None = None, root: Path | None = None) -> artifacts.Artifact:
-    """Save {domain: {split: ids}} as the artifact `token-shards` (raw uint16 files + index.json)."""
+    """Save {domain: {split: ids}} as an artifact (`token-shards`): raw uint16 files + index.json."""
     check_vocab(tokenizer)
     files: dict[str, bytes | dict] = {}
     index = {"format": FORMAT, "dtype": "uint16-le", "separator": EOT,
-             "tokenizer": tokenizer_identity(tokenizer), "domains": {}}
+             "tokenizer": tokenizer_identity(tokenizer), "order": list(shards), "domains": {}}
     for d, parts in shards.items():
         index["domains"][d] = {}
         for split in SPLITS:
@@ -154,7 +154,7 @@ def save(shards: Mapping[str, Mapping[str, np.ndarray]], tokenizer, *, notebook:
             index["domains"][d][split] = {"file": filename(d, split), "tokens": int(arr.size),
                                           "documents": int((arr == index["tokenizer"]["eot_id"]).sum()) + 1}
     files[INDEX] = index
-    return artifacts.save(ARTIFACT, notebook=notebook, profile=profile, files=files,
+    return artifacts.save(name, notebook=notebook, profile=profile, files=files,
                           config={**(config or {}), "tokenizer": index["tokenizer"]}, metrics=metrics, root=root)
 
 
@@ -169,7 +169,7 @@ class TokenShards:
 
     @property
     def domains(self) -> list[str]:
-        return list(self.index["domains"])
+        return list(self.train)
 
     @property
     def eot_id(self) -> int:
@@ -199,19 +199,19 @@ class TokenShards:
         return {d: FixedWindows(a, batch_size, block_size, max_batches, device=device) for d, a in self.val.items()}
 
 
-def load(profile: str, *, tokenizer=None, root: Path | None = None) -> TokenShards:
+def load(profile: str, *, name: str = ARTIFACT, tokenizer=None, root: Path | None = None) -> TokenShards:
     """Load `token-shards` (sha256-verified by nanolm.artifacts) and memmap its files read-only."""
-    art = artifacts.load(ARTIFACT, profile=profile, root=root)
+    art = artifacts.load(name, profile=profile, root=root)
     index = art.json(INDEX)
     if index.get("format") != FORMAT:
-        raise ShardError(f"{ARTIFACT}: unknown format {index.get('format')!r}; re-run notebook 08")
+        raise ShardError(f"{name}: unknown format {index.get('format')!r}; re-run notebook 08")
     arrays: dict[str, dict[str, np.ndarray]] = {s: {} for s in SPLITS}
-    for d, parts in index["domains"].items():
+    for d in index["order"]:  # the JSON file sorts the keys of "domains"; "order" keeps the saved order
         for split in SPLITS:
-            meta = parts[split]
+            meta = index["domains"][d][split]
             path = art.path / meta["file"]
             if path.stat().st_size != 2 * meta["tokens"]:
-                raise ShardError(f"{ARTIFACT}: {meta['file']} holds {path.stat().st_size} bytes, "
+                raise ShardError(f"{name}: {meta['file']} holds {path.stat().st_size} bytes, "
                                  f"the index says {meta['tokens']} tokens")
             arrays[split][d] = (np.memmap(path, dtype=DTYPE, mode="r") if meta["tokens"]
                                 else np.zeros(0, dtype=DTYPE))
@@ -292,6 +292,12 @@ class RandomWindows:
             rows[sel] = _windows(self.arrays[k], offsets, T + 1)
         t = torch.from_numpy(rows)
         return t[:, :-1].to(self.device), t[:, 1:].to(self.device)  # (B, T) each: y is x shifted by one
+
+    def domains_at(self, i: int) -> list[str]:
+        """The domain each row of batch i is drawn from."""
+        g = self._gen.manual_seed(_batch_seed(self.seed, i))
+        dom = torch.multinomial(self._w, self.batch_size, replacement=True, generator=g)
+        return [self.domains[k] for k in dom.tolist()]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch of the stream: x, y int64 of shape (B, T)."""
