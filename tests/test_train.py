@@ -192,6 +192,20 @@ def test_clipping_reports_preclip_norm_and_matches_manual_adamw():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
 
 
+def test_clip_grad_norm_equals_torch():
+    a, b = tiny_gpt(), tiny_gpt()
+    for max_norm, scale in [(0.1, 1.0), (1e3, 1.0), (1.0, 1e-3)]:
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            p.grad = torch.randn_like(p) * scale
+            q.grad = p.grad.clone()
+        ours = train.clip_grad_norm(a, max_norm)
+        ref = torch.nn.utils.clip_grad_norm_(b.parameters(), max_norm)
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
+    assert train.grad_norm(a) == pytest.approx(min(1.0, ref.item()), rel=1e-5)
+
+
 # ------------------------------------------------------------------------------ loop, eval, logs
 
 
@@ -200,12 +214,12 @@ def test_progress_line_format_and_history():
         "step 120/2000 | loss 1.92 | lr 6.0e-04 | 18.4k tok/s | mfu 12.3% | 3.1 s")
     assert LINE.match(train.progress_line(5, 10, 10.5, 3e-5, 950, None, 0.0))
     lines = []
-    t = trainer(c=cfg(max_steps=5, log_every=2), lines=lines)
+    t = trainer(c=cfg(max_steps=5, log_every=2, grad_clip=0.0), lines=lines)  # norms without clipping too
     hist = t.run()
     assert len(lines) == 3 and all(LINE.match(s) for s in lines), lines  # steps 2, 4 and the last, 5
     assert [h["step"] for h in hist] == [2, 4, 5] and len(t.losses) == 5
     assert hist[0]["loss"] == pytest.approx(sum(t.losses[:2]) / 2)
-    assert all(h["tok_per_s"] > 0 and 0 < h["mfu"] for h in hist)
+    assert all(h["tok_per_s"] > 0 and 0 < h["mfu"] and h["grad_norm"] > 0 for h in hist)
     assert t.losses[-1] < t.losses[0]  # it learns
 
 
@@ -227,10 +241,33 @@ def test_evaluate_per_domain_with_callback_and_tensorboard(tmp_path):
 def test_precision_auto_is_fp32_on_cpu():
     assert train.resolve_precision("auto", "cpu") == "fp32"
     assert train.resolve_precision("bf16", "cpu") == "bf16"
-    with pytest.raises(ValueError, match="CUDA"):
-        train.resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="precision"):
+        train.resolve_precision("fp8", "cpu")
     assert trainer().precision == "fp32"
     assert train.autocast("fp32", torch.device("cpu")).__class__.__name__ == "nullcontext"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes_exactly(tmp_path, precision):
+    """The autocast paths (and fp16's GradScaler, whose scale is checkpointed) on CPU, where they run too."""
+    c = cfg(max_steps=6, precision=precision, grad_clip=0.5)
+    full = trainer(tiny_gpt(dropout=0.1), c)
+    full.run()
+    assert all(math.isfinite(v) for v in full.losses) and full.losses[-1] < full.losses[0]
+    assert (full.scaler is not None) == (precision == "fp16")
+    stopped = trainer(tiny_gpt(dropout=0.1), c)
+    stopped.run(until_step=3)
+    stopped.save_checkpoint(tmp_path / "ck")
+    resumed = trainer(tiny_gpt(seed=5, dropout=0.1), c)
+    resumed.load_checkpoint(tmp_path / "ck")
+    resumed.run()
+    assert resumed.losses == full.losses
+    if precision == "fp16":  # the loss scale travels with the checkpoint
+        stopped.scaler.update(1024.0)
+        stopped.save_checkpoint(tmp_path / "ck")
+        fresh = trainer(tiny_gpt(dropout=0.1), c)
+        fresh.load_checkpoint(tmp_path / "ck")
+        assert fresh.scaler.state_dict()["scale"] == 1024.0
 
 
 def test_memory_report_counts_adam_state():
@@ -290,6 +327,7 @@ def test_periodic_checkpoints_and_no_pickle(tmp_path):
     assert info["step"] == 4 and info["model"]["config"]["n_embd"] == 16
     assert info["model"]["aliases"] == {"head.weight": "tok_emb.weight"}  # the tied head is stored once
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert train.last_checkpoint(tmp_path / "run") == ck and train.last_checkpoint(tmp_path) is None
 
 
 def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

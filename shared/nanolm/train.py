@@ -193,7 +193,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """'auto' -> bf16 on a bf16 CUDA GPU, fp16 on an older one, fp32 on CPU/MPS; others are checked."""
+    """'auto' -> bf16 on a bf16 CUDA GPU, fp16 on an older one, fp32 on CPU/MPS; others pass through."""
     device = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -201,8 +201,6 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"  # CPU: bf16 autocast measured slower than fp32 here, and less exact
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 training needs a CUDA GPU (GradScaler); use 'fp32' or 'bf16'")
     return precision
 
 
@@ -271,7 +269,7 @@ class Trainer:
         if cfg.seed is not None:
             _seed(cfg.seed)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.step = 0  # optimizer steps taken
         self.tokens_seen = 0
@@ -296,9 +294,9 @@ class Trainer:
             self._eval_and_record(on_eval)
         t0 = time.perf_counter()
         while self.step < end:
-            self._train_step()
-            last = self.step == end
-            do_log = self.step % cfg.log_every == 0 or last
+            last = self.step + 1 == end
+            do_log = (self.step + 1) % cfg.log_every == 0 or last
+            self._train_step(want_norm=do_log)
             do_eval = bool(cfg.eval_every and self.val_sources) and (
                 self.step % cfg.eval_every == 0 or self.step == cfg.max_steps)
             do_save = bool(cfg.checkpoint_every) and (self.step % cfg.checkpoint_every == 0 or last)
@@ -316,7 +314,7 @@ class Trainer:
             self._writer.flush()
         return self.history
 
-    def _train_step(self) -> None:
+    def _train_step(self, want_norm: bool = True) -> None:
         """One optimizer step over grad_accum micro-batches; the loss stays on the device."""
         cfg = self.cfg
         lr = lr_at(self.step, cfg)
@@ -335,7 +333,7 @@ class Trainer:
             self.tokens_seen += x.numel()
             if self._fpt is None:
                 self._fpt = model_flops_per_token(self.model, x.shape[1]) or 0.0
-        self._grad_norm = self._clip()
+        self._grad_norm = self._clip(want_norm)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -345,15 +343,13 @@ class Trainer:
         self._window.losses.append(total)
         self.step += 1
 
-    def _clip(self) -> torch.Tensor | None:
+    def _clip(self, want_norm: bool) -> torch.Tensor | None:
         """Clip the global grad norm to cfg.grad_clip; returns the pre-clip norm (a device tensor)."""
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip > 0:
-            return nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        if self.step % self.cfg.log_every == self.cfg.log_every - 1:  # only needed for the log line
-            return grad_norm(self.model)
-        return None
+            return clip_grad_norm(self.model, self.cfg.grad_clip)
+        return grad_norm(self.model) if want_norm else None  # without clipping: only for log lines
 
     def _log(self) -> None:
         """Read the window's losses (one device sync), print a progress line, record it."""
@@ -527,7 +523,22 @@ def grad_norm(model: nn.Module) -> torch.Tensor:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    # one multi-tensor kernel for all per-tensor norms (what torch.nn.utils uses inside)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Scale all gradients so their global norm is at most max_norm; returns the pre-clip norm.
+
+    The same arithmetic as torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6),
+    capped at 1), without its per-call grouping, which took about 3 ms a step on a 0.9M-parameter
+    GPT on this CPU, against 0.9 ms here: small models feel that.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = grad_norm(model)
+    if grads:
+        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return norm
 
 
 # --------------------------------------------------------------------------- checkpoint parts
@@ -607,6 +618,15 @@ def check_model_fits(model: nn.Module, saved: dict, path: Path, strict: bool = T
         raise CheckpointError(f"checkpoint {path} was saved with another model config: {config_diff}. "
                               f"{fix} (load_checkpoint(path, strict=False) accepts a config that "
                               "differs only where the shapes agree, e.g. dropout.)")
+
+
+def last_checkpoint(checkpoint_dir: str | os.PathLike | None) -> Path | None:
+    """checkpoint_dir/last if a complete checkpoint is there (what run() saves), else None."""
+    if checkpoint_dir is None:
+        return None
+    path = Path(checkpoint_dir) / "last"
+    _recover(path)
+    return path if (path / MANIFEST).exists() else None
 
 
 def checkpoint_info(path: str | os.PathLike) -> dict:
