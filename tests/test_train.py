@@ -238,6 +238,12 @@ def test_evaluate_per_domain_with_callback_and_tensorboard(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+def test_sources_must_follow_the_protocol():
+    assert isinstance(ToySource(stream(), 2, 4), train.BatchSource)
+    with pytest.raises(TypeError, match="valid is a list, not a BatchSource"):
+        Trainer(tiny_gpt(), cfg(), ToySource(stream(), 2, 4), {"valid": []})
+
+
 def test_precision_auto_is_fp32_on_cpu():
     assert train.resolve_precision("auto", "cpu") == "fp32"
     assert train.resolve_precision("bf16", "cpu") == "bf16"
@@ -315,6 +321,29 @@ def test_resume_without_rng_restore_differs(tmp_path, monkeypatch):
     resumed.load_checkpoint(tmp_path / "ck")
     resumed.run()
     assert resumed.losses[:3] == full.losses[:3] and resumed.losses[3:] != full.losses[3:]
+
+
+def test_any_model_with_forward_idx_targets_llama_resumes_exactly(tmp_path):
+    """Not tied to GPT: the Llama of notebook 09 (RoPE, RMSNorm, SwiGLU, GQA) trains and resumes bit for bit."""
+    from nanolm.llama import Llama, LlamaConfig
+
+    def llama(seed=0):
+        torch.manual_seed(seed)
+        return Llama(LlamaConfig(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_kv_head=1, n_embd=16,
+                                 dropout=0.1))
+
+    c = cfg(max_steps=6)
+    full = trainer(llama(), c)
+    full.run()
+    stopped = trainer(llama(), c)
+    stopped.run(until_step=3)
+    stopped.save_checkpoint(tmp_path / "ck")
+    resumed = trainer(llama(seed=3), c)
+    resumed.load_checkpoint(tmp_path / "ck")
+    resumed.run()
+    assert resumed.losses == full.losses and full.history[-1]["mfu"] > 0
+    with pytest.raises(CheckpointError, match="holds a Llama, not a GPT"):
+        trainer().load_checkpoint(tmp_path / "ck")
 
 
 def test_periodic_checkpoints_and_no_pickle(tmp_path):

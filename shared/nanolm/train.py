@@ -258,6 +258,10 @@ class Trainer:
         printer: Callable[[str], None] | None = print,
         peak_flops_per_s: float | None = None,
     ) -> None:
+        for name, src in {"train_source": train_source, **(val_sources or {})}.items():
+            if not isinstance(src, BatchSource):
+                raise TypeError(f"{name} is a {type(src).__name__}, not a BatchSource: it needs next_batch(), "
+                                "state_dict() and load_state_dict()")
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = model.to(self.device)
