@@ -23,6 +23,14 @@ The design, in the order a step runs:
   fsynced, and swapped in by renames, so a crash mid-save leaves the previous checkpoint loadable.
   Loading checks every hash and the model's shapes and config, and refuses a mismatch.
 A run stopped at step k and resumed from its checkpoint gives bit-identical losses (tests pin it).
+
+Use:
+    cfg = TrainConfig(max_steps=2000, lr=6e-4, eval_every=100, checkpoint_every=500, checkpoint_dir="run")
+    trainer = Trainer(model, cfg, train_source, {"web": web_val, "code": code_val}, device, log_dir="runs/x")
+    if (ck := last_checkpoint(cfg.checkpoint_dir)):
+        trainer.load_checkpoint(ck)  # exact resume
+    history = trainer.run(on_eval=lambda history: ...)  # prints progress lines; the callback can plot
+    compare_throughput(make_model, make_source, cfg)  # tokens/s of the Trainer vs a bare loop
 """
 
 from __future__ import annotations
@@ -226,7 +234,7 @@ def human(x: float) -> str:
 
 def progress_line(step: int, max_steps: int, loss: float, lr: float, tok_per_s: float,
                   mfu: float | None, seconds: float) -> str:
-    """'step 120/2000 | loss 1.92 | lr 6.0e-04 | 18.4k tok/s | mfu 12.3% | 3.1 s'."""
+    """'step 120/2000 | loss 1.92 | lr 6.0e-04 | 18.4k tok/s | mfu 12.3% | 3.1 s' (s: training time so far)."""
     mfu_s = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
     return (f"step {step}/{max_steps} | loss {loss:.2f} | lr {lr:.1e} | {human(tok_per_s)} tok/s"
             f" | mfu {mfu_s} | {seconds:.1f} s")
