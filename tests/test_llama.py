@@ -80,7 +80,7 @@ def test_mha_equals_torch_multihead_attention():
     attn = llama.Attention(cfg).eval()
     ref = torch.nn.MultiheadAttention(32, 4, bias=False, batch_first=True).eval()
     with torch.no_grad():
-        ref.in_proj_weight.copy_(torch.cat([attn.wq.weight, attn.wk.weight, attn.wv.weight]))
+        ref.in_proj_weight.copy_(attn.wqkv.weight)  # the same [W_q; W_k; W_v] layout
         ref.out_proj.weight.copy_(attn.wo.weight)
     x = torch.randn(2, 9, 32)
     blocked = torch.ones(9, 9, dtype=torch.bool).triu(1)  # torch's convention: True = may not attend
@@ -94,8 +94,10 @@ def test_gqa_equals_mha_with_repeated_key_value_heads():
     state = gqa.state_dict()
     D = SMALL.head_dim
     for key in list(state):
-        if key.endswith(("attn.wk.weight", "attn.wv.weight")):  # (Hkv * D, C) -> (H * D, C), heads repeated
-            state[key] = state[key].view(2, D, -1).repeat_interleave(2, dim=0).reshape(4 * D, -1)
+        if key.endswith("attn.wqkv.weight"):  # keys and values (Hkv * D, C) -> (H * D, C), heads repeated
+            q, k, v = state[key].split([4 * D, 2 * D, 2 * D])
+            k, v = (w.view(2, D, -1).repeat_interleave(2, dim=0).reshape(4 * D, -1) for w in (k, v))
+            state[key] = torch.cat([q, k, v])
     mha.load_state_dict(state)
     idx = _ids()
     torch.testing.assert_close(mha(idx)[0], gqa(idx)[0], atol=1e-5, rtol=0)

@@ -67,16 +67,18 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
                    dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
     """torch's fused F.scaled_dot_product_attention, with GQA and a causal mask for Tq < Tk."""
-    k, v = _expand_kv(q, k, v)
+    H, Hkv = q.size(-3), k.size(-3)
+    if H % Hkv:
+        raise ValueError(f"{H} query heads cannot share {Hkv} key/value heads evenly")
+    kw = {"dropout_p": dropout_p, "scale": scale, "enable_gqa": H != Hkv}  # GQA without copying k and v
     Tq, Tk = q.size(-2), k.size(-2)
     if not causal or Tq == 1:  # one new query (a KV-cache step) may see every cached key
         if causal and Tk < Tq:
             raise ValueError("causal attention needs at least as many keys as queries")
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, **kw)
     if Tq == Tk:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device),
-                                          dropout_p=dropout_p, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kw)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device), **kw)
 
 
 def flash_attn_usable(q: torch.Tensor) -> bool:

@@ -11,7 +11,8 @@ changed since GPT-2 (nanolm.gpt):
   form (features 2i and 2i+1 as one complex number). The two agree after `interleaved_to_half`.
 - RMSNorm (rescale only: no mean subtraction, no bias) instead of LayerNorm.
 - SwiGLU feed-forward, down(silu(gate(x)) * up(x)), with hidden width 8*round(C/3): three matrices
-  with the parameters of GELU's two C x 4C matrices.
+  with the parameters of GELU's two C x 4C matrices. (gate and up live in one matrix `gate_up`, and
+  queries, keys and values in one `wqkv`, so that each is one matrix product; `to_hf` splits them.)
 - grouped-query attention: n_head query heads share n_kv_head key/value heads (n_kv_head = n_head is
   multi-head attention, 1 is multi-query attention); optional RMSNorm of queries and keys (qk_norm).
 - no biases anywhere, and a KV cache (nanolm.kvcache) for generation.
@@ -124,9 +125,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return y.type_as(x) * self.weight
+        # torch's fused kernel computes x * rsqrt(mean(x^2) + eps); the gain is applied after the cast back
+        return F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).type_as(x) * self.weight
 
 
 def rope_frequencies(dim: int, theta: float = 10000.0) -> torch.Tensor:
@@ -172,9 +172,7 @@ class Attention(nn.Module):
         super().__init__()
         C, H, Hkv, D = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.n_head, self.n_kv_head, self.head_dim = H, Hkv, D
-        self.wq = nn.Linear(C, H * D, bias=cfg.bias)
-        self.wk = nn.Linear(C, Hkv * D, bias=cfg.bias)
-        self.wv = nn.Linear(C, Hkv * D, bias=cfg.bias)
+        self.wqkv = nn.Linear(C, (H + 2 * Hkv) * D, bias=cfg.bias)  # [W_q; W_k; W_v] by rows: one matmul
         self.wo = nn.Linear(H * D, C, bias=cfg.bias)
         self.q_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None
@@ -184,17 +182,20 @@ class Attention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.mode = "auto"
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, T, C) at `positions` (T,) -> (B, T, C); rope: (cos, sin) of those positions, if precomputed."""
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        H, Hkv = self.n_head, self.n_kv_head
+        qkv = self.wqkv(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)  # (B, H + 2Hkv, T, D)
+        qk, v = qkv.split([H + Hkv, Hkv], dim=1)  # queries and keys (B, H + Hkv, T, D), values (B, Hkv, T, D)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope:
-            cos, sin = rope_angles(positions, self.inv_freq)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = qk.split([H, Hkv], dim=1)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=1)
+        if self.rope:  # queries and keys turn by the same angles: one call for both
+            cos, sin = rope if rope is not None else rope_angles(positions, self.inv_freq)
+            qk = apply_rope(qk, cos, sin)
+        q, k = qk.split([H, Hkv], dim=1)  # (B, H, T, D), (B, Hkv, T, D)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, Hkv, L, D): every position so far, this one last
         p_drop = self.dropout if self.training else 0.0
@@ -223,13 +224,13 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.gate = nn.Linear(dim, hidden, bias=bias)
-        self.up = nn.Linear(dim, hidden, bias=bias)
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=bias)  # [W_gate; W_up] by rows: one matmul
         self.down = nn.Linear(hidden, dim, bias=bias)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.down(F.silu(self.gate(x)) * self.up(x)))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (..., hidden) each
+        return self.drop(self.down(F.silu(gate) * up))
 
 
 class GELUMLP(nn.Module):
@@ -271,8 +272,9 @@ class Block(nn.Module):
         else:
             self.ffn = GELUMLP(cfg.n_embd, cfg.ffn_hidden, cfg.bias, cfg.dropout)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.attn(self.norm_1(x), positions, cache, layer)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, layer: int,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm_1(x), positions, cache, layer, rope)
         return x + self.ffn(self.norm_2(x))
 
 
@@ -326,8 +328,11 @@ class Llama(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
         x = self.drop(x)
+        rope = None  # every layer rotates by the same angles: compute them once
+        if self.config.pos == "rope":
+            rope = rope_angles(positions, self.blocks[0].attn.inv_freq)
         for i, block in enumerate(self.blocks):
-            x = block(x, positions, cache, i)
+            x = block(x, positions, cache, i, rope)
         if cache is not None:
             cache.advance(T)
         logits = self.head(self.norm_f(x))  # (B, T, V)
@@ -451,21 +456,40 @@ def load(name: str, *, profile: str, device: torch.device | str = "cpu") -> tupl
 
 _HF_BLOCK = {
     "norm_1.weight": "input_layernorm.weight", "norm_2.weight": "post_attention_layernorm.weight",
-    "attn.wq.weight": "self_attn.q_proj.weight", "attn.wk.weight": "self_attn.k_proj.weight",
-    "attn.wv.weight": "self_attn.v_proj.weight", "attn.wo.weight": "self_attn.o_proj.weight",
-    "ffn.gate.weight": "mlp.gate_proj.weight", "ffn.up.weight": "mlp.up_proj.weight",
-    "ffn.down.weight": "mlp.down_proj.weight",
+    "attn.wo.weight": "self_attn.o_proj.weight", "ffn.down.weight": "mlp.down_proj.weight",
+}
+_HF_SPLIT = {  # our fused matrices -> the row blocks HF keeps as separate Linear layers
+    "attn.wqkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "ffn.gate_up.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
 }
 _HF_TOP = {"tok_emb.weight": "model.embed_tokens.weight", "norm_f.weight": "model.norm.weight",
            "head.weight": "lm_head.weight"}
 
 
-def hf_name(ours: str) -> str:
-    """Our parameter name -> transformers' LlamaForCausalLM name (both nn.Linear: no transposes)."""
+def hf_names(ours: str) -> tuple[str, ...]:
+    """Our parameter name -> transformers' LlamaForCausalLM name(s): fused matrices map to several, by rows."""
     if ours in _HF_TOP:
-        return _HF_TOP[ours]
+        return (_HF_TOP[ours],)
     _, i, rest = ours.split(".", 2)  # blocks.{i}.{rest}
-    return f"model.layers.{i}.{_HF_BLOCK[rest]}"
+    names = _HF_SPLIT[rest] if rest in _HF_SPLIT else (_HF_BLOCK[rest],)
+    return tuple(f"model.layers.{i}.{name}" for name in names)
+
+
+def _row_sizes(cfg: LlamaConfig, name: str) -> list[int]:
+    D = cfg.head_dim
+    if name.endswith("wqkv.weight"):
+        return [cfg.n_head * D, cfg.n_kv_head * D, cfg.n_kv_head * D]
+    return [cfg.ffn_hidden, cfg.ffn_hidden]
+
+
+def to_hf_state(model: Llama) -> dict[str, torch.Tensor]:
+    """Our tensors under transformers' names (no transposes: both sides are nn.Linear (out, in))."""
+    state = {}
+    for name, t in model.tensors().items():
+        targets = hf_names(name)
+        parts = t.split(_row_sizes(model.config, name)) if len(targets) > 1 else (t,)
+        state.update(zip(targets, parts, strict=True))
+    return state
 
 
 def to_hf(model: Llama):
@@ -484,8 +508,7 @@ def to_hf(model: Llama):
         rms_norm_eps=c.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
         tie_word_embeddings=c.tie_embeddings, attention_bias=False, mlp_bias=False, attention_dropout=0.0,
     ))
-    state = {hf_name(k): v for k, v in model.tensors().items()}
-    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing, unexpected = hf.load_state_dict(to_hf_state(model), strict=False)
     left = [k for k in missing if not (c.tie_embeddings and k == "lm_head.weight")]
     if left or unexpected:
         raise RuntimeError(f"weight mapping to LlamaForCausalLM is incomplete: missing {left}, unexpected {unexpected}")
@@ -505,5 +528,5 @@ def from_hf(hf) -> Llama:
                       ffn_hidden=c.intermediate_size, rope_theta=rope.get("rope_theta", 10000.0),
                       norm_eps=c.rms_norm_eps, tie_embeddings=c.tie_word_embeddings)
     hf_state = hf.state_dict()
-    tensors = {name: hf_state[hf_name(name)].contiguous() for name in Llama(cfg).tensors()}
+    tensors = {name: torch.cat([hf_state[n] for n in hf_names(name)]).contiguous() for name in Llama(cfg).tensors()}
     return Llama.from_tensors(cfg, tensors).eval()

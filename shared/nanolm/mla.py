@@ -45,13 +45,14 @@ class LatentAttention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.mode = "auto"
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, T, C) at `positions` (T,) -> (B, T, C); rope: (cos, sin) of width rope_dim / 2, if precomputed."""
         B, T, _ = x.shape
         H, D, dr = self.n_head, self.head_dim, self.rope_dim
         q = self.wq(x).view(B, T, H, D + dr).transpose(1, 2)  # (B, H, T, D + dr)
         q_nope, q_rope = q.split([D, dr], dim=-1)
-        cos, sin = rope_angles(positions, self.inv_freq)  # (T, dr / 2)
+        cos, sin = rope if rope is not None else rope_angles(positions, self.inv_freq)  # (T, dr / 2)
         q_rope = apply_rope(q_rope, cos, sin)
         latent = self.kv_norm(self.w_dkv(x))  # (B, T, r)
         k_rope = apply_rope(self.w_kr(x).unsqueeze(1), cos, sin)  # (B, 1, T, dr): one for all heads
