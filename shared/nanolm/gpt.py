@@ -159,7 +159,10 @@ class GPT(nn.Module):
         logits = self.head(self.ln_f(x))  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+            # half-precision logits are upcast for a stable softmax; float32 and float64 stay as they are
+            flat = logits.view(-1, logits.size(-1))
+            flat = flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat
+            loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
     def num_params(self, include_position: bool = True) -> int:
