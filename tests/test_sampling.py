@@ -41,3 +41,17 @@ def test_temperature_zero_is_argmax_and_bad_arguments_fail():
         top_p_filter(logits, 0.0)
     with pytest.raises(ValueError, match="top_k"):
         top_k_filter(logits, 0)
+
+
+def test_sampling_frequencies_follow_the_filtered_softmax():
+    """20,000 draws land on each token with probability softmax(filtered logits / T) (within 0.015)."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    g = torch.Generator().manual_seed(0)
+    for kw, ref in [
+        ({"temperature": 0.7}, torch.softmax(logits / 0.7, -1)),
+        ({"temperature": 1.5, "top_k": 3}, torch.softmax(top_k_filter(logits / 1.5, 3), -1)),
+        ({"temperature": 1.0, "top_p": 0.8}, torch.softmax(top_p_filter(logits, 0.8), -1)),
+    ]:
+        draws = sample_next(logits.expand(20_000, -1), generator=g, **kw).squeeze(1)
+        freq = torch.bincount(draws, minlength=logits.size(-1)).float() / len(draws)
+        torch.testing.assert_close(freq, ref[0], atol=0.015, rtol=0, msg=str(kw))
