@@ -172,6 +172,27 @@ def update_metrics(name: str, *, profile: str, metrics: dict, root: Path | None 
     write_json_atomic(mpath, manifest)
 
 
+def save_model(model, name: str, kind: str, *, notebook: str, profile: str, metrics: dict | None = None,
+               files: dict | None = None) -> Artifact:
+    """Save a model that has .tensors() and .config.to_dict(); the config records its kind ("gpt", "llama")."""
+    return save(name, notebook=notebook, profile=profile, tensors=model.tensors(),
+                config={"model": kind, **model.config.to_dict()}, metrics=metrics, files=files)
+
+
+def load_model(name: str, kind: str, model_cls, config_cls, *, profile: str, device="cpu"):
+    """Load a model saved by save_model (sha256-verified) -> (model in eval mode on device, the artifact).
+
+    An artifact of another kind is refused: a GPT's weights do not fit a Llama, and the message says which it is."""
+    art = load(name, profile=profile)
+    cfg = dict(art.config)
+    found = cfg.pop("model", None)
+    if found != kind:
+        raise ValueError(f"artifact {name!r} does not hold a {model_cls.__name__} (it holds {found!r}; "
+                         f"config: {art.config})")
+    model = model_cls.from_tensors(config_cls.from_dict(cfg), art.tensors())
+    return model.to(device).eval(), art
+
+
 # ----------------------------------------------------------------------------- helpers
 
 

@@ -221,19 +221,14 @@ class GPT(nn.Module):
 
 def save(model: GPT, name: str, *, notebook: str, profile: str, metrics: dict | None = None,
          files: dict | None = None) -> artifacts.Artifact:
-    """Save a GPT as an artifact: safetensors weights + its config (+ metrics, extra files)."""
-    return artifacts.save(name, notebook=notebook, profile=profile, tensors=model.tensors(),
-                          config={"model": "gpt", **model.config.to_dict()}, metrics=metrics, files=files)
+    """Save a GPT as an artifact: safetensors weights + its config {"model": "gpt", ...} (+ metrics, files)."""
+    return artifacts.save_model(model, name, "gpt", notebook=notebook, profile=profile, metrics=metrics,
+                                files=files)
 
 
 def load(name: str, *, profile: str, device: torch.device | str = "cpu") -> tuple[GPT, artifacts.Artifact]:
     """Load a GPT artifact (sha256-verified) -> (model in eval mode on device, the artifact)."""
-    art = artifacts.load(name, profile=profile)
-    cfg = dict(art.config)
-    if cfg.pop("model", None) != "gpt":
-        raise ValueError(f"artifact {name!r} does not hold a GPT (config: {art.config})")
-    model = GPT.from_tensors(GPTConfig.from_dict(cfg), art.tensors())
-    return model.to(device).eval(), art
+    return artifacts.load_model(name, "gpt", GPT, GPTConfig, profile=profile, device=device)
 
 
 # ---------------------------------------------------------------------- Hugging Face GPT-2

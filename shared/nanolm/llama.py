@@ -437,19 +437,14 @@ class Llama(nn.Module):
 
 def save(model: Llama, name: str, *, notebook: str, profile: str, metrics: dict | None = None,
          files: dict | None = None) -> artifacts.Artifact:
-    """Save a Llama as an artifact: safetensors weights + its config {"model": "llama", ...} (+ metrics)."""
-    return artifacts.save(name, notebook=notebook, profile=profile, tensors=model.tensors(),
-                          config={"model": "llama", **model.config.to_dict()}, metrics=metrics, files=files)
+    """Save a Llama as an artifact: safetensors weights + its config {"model": "llama", ...} (+ metrics, files)."""
+    return artifacts.save_model(model, name, "llama", notebook=notebook, profile=profile, metrics=metrics,
+                                files=files)
 
 
 def load(name: str, *, profile: str, device: torch.device | str = "cpu") -> tuple[Llama, artifacts.Artifact]:
     """Load a Llama artifact (sha256-verified) -> (model in eval mode on device, the artifact)."""
-    art = artifacts.load(name, profile=profile)
-    cfg = dict(art.config)
-    if cfg.pop("model", None) != "llama":
-        raise ValueError(f"artifact {name!r} does not hold a Llama (config: {art.config})")
-    model = Llama.from_tensors(LlamaConfig.from_dict(cfg), art.tensors())
-    return model.to(device).eval(), art
+    return artifacts.load_model(name, "llama", Llama, LlamaConfig, profile=profile, device=device)
 
 
 # ---------------------------------------------------------------------- Hugging Face Llama
