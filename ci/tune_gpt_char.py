@@ -3,6 +3,7 @@
     python ci/tune_gpt_char.py --group lr       # 4 runs of the full 10000 steps: peak lr, and no decay (~15 min)
     python ci/tune_gpt_char.py --group shape    # depth x width in the CPU time of the main run (~15 min)
     python ci/tune_gpt_char.py --group batch    # batch and context at an equal number of characters (~5 min)
+    python ci/tune_gpt_char.py --group seed     # the recipe at two more seeds: the noise between equal runs (~7 min)
     python ci/tune_gpt_char.py --group lr --only "lr 0.001"   # one run, merged into the group's rows
     python ci/tune_gpt_char.py --group lr --steps 50 --out /tmp/t.json   # a quick look
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "ci" / "tune_gpt_char.json"
-BASE = dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=16, steps=10000, lr=2e-3, warmup=100,
+BASE = dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=16, steps=10000, lr=4e-3, warmup=100,
             decay=True, dropout=0.0, seed=0)
 REFERENCE = dict(n_layer=2, n_head=4, n_embd=128, steps=10000)  # the time budget of the shape group: the main run
 
@@ -42,10 +43,12 @@ def groups(steps: int | None) -> dict[str, list[dict]]:
                   for L, C in ((2, 128), (3, 128), (4, 128), (2, 192))],
         # the peak learning rate over the full run, and the schedule (cosine vs constant after warmup)
         "lr": [{"label": f"lr {lr:g}", "lr": lr, "steps": long} for lr in (1e-3, 2e-3, 4e-3)]
-        + [{"label": f"lr {BASE['lr']:g}, no decay", "decay": False, "steps": long}],
+        + [{"label": "lr 0.002, no decay", "lr": 2e-3, "decay": False, "steps": long}],
         # tokens per step and context, at the same number of training characters (a third of the full run)
         "batch": [{"label": f"batch {B}, context {T}", "batch_size": B, "block_size": T, "steps": chars // (B * T)}
                   for B, T in ((8, 64), (16, 64), (32, 64), (8, 128))],
+        # the recipe again with other seeds (initialization and batch order): how far apart equal runs end
+        "seed": [{"label": f"seed {seed}", "seed": seed, "steps": long} for seed in (1, 2)],
     }
 
 
@@ -135,7 +138,7 @@ def train(run: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--group", choices=["lr", "shape", "batch"], required=True)
+    ap.add_argument("--group", choices=["lr", "shape", "batch", "seed"], required=True)
     ap.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each")
     ap.add_argument("--steps", type=int, default=None, help="override the step counts (quick looks)")
     ap.add_argument("--out", type=Path, default=OUT)
