@@ -89,7 +89,9 @@ def test_artifacts_of_the_syllabus_row(path):
     saves, loads = SYLLABUS[path.stem]
     source = "\n".join(_src(c) for c in _load(path)["cells"] if c["cell_type"] == "code")
     for name in saves:
-        assert re.search(rf"""save\(\s*f?["']{re.escape(name)}""", source), f"{path.stem} must save {name!r}"
+        # artifacts.save("name", ...) or a model's gpt.save(model, "name", ...)
+        saved = rf"""save\(\s*(?:[\w.()]+,\s*)?f?["']{re.escape(name)}["']"""
+        assert re.search(saved, source), f"{path.stem} must save {name!r}"
     for name in loads:
         assert f'"{name}' in source or f"'{name}" in source, f"{path.stem} must load {name!r}"
 
