@@ -34,14 +34,20 @@ except ImportError:  # pragma: no cover - depends on the machine
     _flash_attn_func = None
 
 
-def _expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Repeat each of the Hkv key/value heads H // Hkv times (query head h reads kv head h // (H // Hkv))."""
+def _kv_group(q: torch.Tensor, k: torch.Tensor) -> int:
+    """How many query heads share each key/value head (H // Hkv); refuses an uneven split."""
     H, Hkv = q.size(-3), k.size(-3)
-    if H == Hkv:
-        return k, v
     if H % Hkv:
         raise ValueError(f"{H} query heads cannot share {Hkv} key/value heads evenly")
-    return k.repeat_interleave(H // Hkv, dim=-3), v.repeat_interleave(H // Hkv, dim=-3)
+    return H // Hkv
+
+
+def _expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Repeat each of the Hkv key/value heads H // Hkv times (query head h reads kv head h // (H // Hkv))."""
+    group = _kv_group(q, k)
+    if group == 1:
+        return k, v
+    return k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)
 
 
 def causal_mask(Tq: int, Tk: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -67,10 +73,7 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
                    dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
     """torch's fused F.scaled_dot_product_attention, with GQA and a causal mask for Tq < Tk."""
-    H, Hkv = q.size(-3), k.size(-3)
-    if H % Hkv:
-        raise ValueError(f"{H} query heads cannot share {Hkv} key/value heads evenly")
-    kw = {"dropout_p": dropout_p, "scale": scale, "enable_gqa": H != Hkv}  # GQA without copying k and v
+    kw = {"dropout_p": dropout_p, "scale": scale, "enable_gqa": _kv_group(q, k) > 1}  # GQA without copying k, v
     Tq, Tk = q.size(-2), k.size(-2)
     if not causal or Tq == 1:  # one new query (a KV-cache step) may see every cached key
         if causal and Tk < Tq:
