@@ -75,6 +75,7 @@ readme: setup
 
 lint: setup
 	$(VENV)/bin/ruff check shared ci tests
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf build

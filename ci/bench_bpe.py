@@ -1,4 +1,4 @@
-"""Speed of nanolm.bpe: pre-tokenization, the plain and fast trainers, our encoder vs its tiktoken export.
+"""Speed of nanolm.text.bpe: pre-tokenization, the plain and fast trainers, our encoder vs its tiktoken export.
 
     python ci/bench_bpe.py                       # the full benchmark (about a minute on 2 cores)
     python ci/bench_bpe.py --prefix 20000 --quick   # a quick look
@@ -15,7 +15,8 @@ import argparse
 import sys
 import time
 
-from nanolm import bpe, corpus, data
+from nanolm.core import data
+from nanolm.text import bpe, bpe_train, corpus, pretokenize
 
 
 def timed(fn, repeats: int = 1):
@@ -45,30 +46,30 @@ def main(argv: list[str] | None = None) -> int:
 
     shakespeare = data.read_text("tinyshakespeare", "input.txt")
     mb = len(shakespeare.encode()) / 1e6
-    counts, s = timed(lambda: bpe.pretoken_counts(shakespeare, "gpt4"))
+    counts, s = timed(lambda: pretokenize.pretoken_counts(shakespeare, "gpt4"))
     row("pre-tokenize (GPT-4 regex, count)", f"Shakespeare {mb:.1f} MB", s, f"{len(counts):,} unique pre-tokens")
 
     n1024 = 1024 - 256 - len(bpe.SPECIAL_TOKENS)
     prefix = shakespeare[: args.prefix]
-    plain, s_plain = timed(lambda: bpe.train_plain(prefix, n1024, "gpt4"))
+    plain, s_plain = timed(lambda: bpe_train.train_plain(prefix, n1024, "gpt4"))
     row("plain trainer, vocab 1024", f"Shakespeare first {len(prefix):,} chars", s_plain)
-    fast, s_fast = timed(lambda: bpe.train_fast(prefix, n1024, "gpt4"), repeats=3)
+    fast, s_fast = timed(lambda: bpe_train.train_fast(prefix, n1024, "gpt4"), repeats=3)
     same = fast == plain
     ok &= same
     row("fast trainer, vocab 1024", f"Shakespeare first {len(prefix):,} chars", s_fast,
         f"merges == plain: {same}; {s_plain / s_fast:.0f}x faster")
 
-    full, s_full = timed(lambda: bpe.train_fast(shakespeare, n1024, "gpt4"), repeats=3)
+    full, s_full = timed(lambda: bpe_train.train_fast(shakespeare, n1024, "gpt4"), repeats=3)
     row("fast trainer, vocab 1024 (target < 2 s)", f"Shakespeare {mb:.1f} MB", s_full,
         f"{'PASS' if s_full < 2 else 'SLOW'}: {len(full)} merges")
     if args.plain_full_merges:
         k = args.plain_full_merges
-        head, s_head = timed(lambda: bpe.train_plain(shakespeare, k, "gpt4"))
+        head, s_head = timed(lambda: bpe_train.train_plain(shakespeare, k, "gpt4"))
         same = head == full[:k]
         ok &= same
         row(f"plain trainer, first {k} merges", f"Shakespeare {mb:.1f} MB", s_head,
             f"== the fast trainer's first {k}: {same}")
-    from_counts, s_counts = timed(lambda: bpe.train_fast(counts, n1024, "gpt4"))
+    from_counts, s_counts = timed(lambda: bpe_train.train_fast(counts, n1024, "gpt4"))
     same = from_counts == full
     ok &= same
     row("fast trainer from ready pre-token counts", f"Shakespeare {mb:.1f} MB", s_counts,
@@ -89,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         mix = corpus.pretraining_mix()
         mb = sum(len(t.encode()) for t in mix.values()) / 1e6
-        mcounts, s_pre = timed(lambda: bpe.pretoken_counts(mix.values(), "gpt4"))
+        mcounts, s_pre = timed(lambda: pretokenize.pretoken_counts(mix.values(), "gpt4"))
         row("pre-tokenize (GPT-4 regex, count)", f"pretraining mix {mb:.1f} MB", s_pre,
             f"{len(mcounts):,} unique pre-tokens")
         n4096 = 4096 - 256 - len(bpe.SPECIAL_TOKENS)
-        merges, s_train = timed(lambda: bpe.train_fast(mix.values(), n4096, "gpt4"))
+        merges, s_train = timed(lambda: bpe_train.train_fast(mix.values(), n4096, "gpt4"))
         row("fast trainer, vocab 4096 (target < 30 s)", f"pretraining mix {mb:.1f} MB", s_train,
             f"{'PASS' if s_train < 30 else 'SLOW'}: {len(merges)} merges (pre-tokenizing included)")
 

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "shared"))
-    from nanolm.profiles import resolve
+    from nanolm.core.profiles import resolve
 
     profile = resolve(args.profile)
     check_kernel()

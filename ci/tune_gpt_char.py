@@ -7,7 +7,7 @@
     python ci/tune_gpt_char.py --group lr --only "lr 0.001"   # one run, merged into the group's rows
     python ci/tune_gpt_char.py --group lr --steps 50 --out /tmp/t.json   # a quick look
 
-Every run trains nanolm.gpt.GPT on the cpu profile's `shakespeare-char` artifact (run notebook 03 first) with
+Every run trains nanolm.model.gpt.GPT on the cpu profile's `shakespeare-char` artifact (run notebook 03 first) with
 the notebook's recipe (AdamW betas 0.9/0.99, weight decay 0.1 on matrices, clipping at 1, linear warmup and a
 cosine decay to 10% of the peak), on one thread, `--jobs` runs side by side (one per core). The validation loss
 is measured on every non-overlapping window of the validation split. Results are merged, by group, into
@@ -72,7 +72,7 @@ def seconds_per_step(run: dict, train_ids) -> float:
     """Measured seconds of one training step of this shape (5 steps after a warm-up)."""
     import torch
 
-    from nanolm.gpt import GPT, GPTConfig
+    from nanolm.model.gpt import GPT, GPTConfig
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=65, block_size=run["block_size"], n_layer=run["n_layer"],
@@ -93,8 +93,8 @@ def train(run: dict) -> dict:
     """One training run on one thread -> its row (validation loss, seconds, characters per second)."""
     import torch
 
-    from nanolm import charset
-    from nanolm.gpt import GPT, GPTConfig
+    from nanolm.model.gpt import GPT, GPTConfig
+    from nanolm.text import charset
 
     torch.set_num_threads(1)
     tok, train_ids, val_ids = charset.load_shakespeare_char("cpu")

@@ -1,4 +1,4 @@
-"""nanolm.artifacts: round trip, tamper refusal, clear errors, atomic saves."""
+"""nanolm.core.artifacts: round trip, tamper refusal, clear errors, atomic saves."""
 
 import json
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanolm import artifacts
-from nanolm.artifacts import ArtifactError
+from nanolm.core import artifacts, files
+from nanolm.core.artifacts import ArtifactError
 
 
 def _save(name="base", value=1.0, **kw):
@@ -78,15 +78,15 @@ def test_bad_names_and_non_json_config_are_refused_before_writing(isolated_check
 
 def test_crash_before_the_swap_leaves_the_old_artifact(monkeypatch):
     _save(value=1.0)
-    real = artifacts._swap_in
+    real = files.fsync_dir
 
-    def crash(*a, **k):
+    def crash(*a, **k):  # the first fsync of the new folder comes after its files, before the renames
         raise KeyboardInterrupt("killed during save")
 
-    monkeypatch.setattr(artifacts, "_swap_in", crash)
+    monkeypatch.setattr(files, "fsync_dir", crash)
     with pytest.raises(KeyboardInterrupt):
         _save(value=2.0)
-    monkeypatch.setattr(artifacts, "_swap_in", real)
+    monkeypatch.setattr(files, "fsync_dir", real)
     art = artifacts.load("base", profile="smoke")
     assert art.tensors()["w"][0, 0].item() == 1.0
     leftovers = [p.name for p in art.path.parent.iterdir() if p.name.startswith(".")]

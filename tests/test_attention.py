@@ -1,4 +1,4 @@
-"""nanolm.attention against torch: F.scaled_dot_product_attention, nn.MultiheadAttention, masks,
+"""nanolm.teach.attention against torch: F.scaled_dot_product_attention, nn.MultiheadAttention, masks,
 causality, and the Bahdanau / Luong seq2seq pieces against direct formulas.
 
 Tolerances: float64 rtol=1e-10, atol=1e-10 (the same arithmetic in a different order differs by
@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nanolm import attention as A
-from nanolm import rnn
+from nanolm.teach import attention as A
+from nanolm.teach import rnn
 
 F64 = {"rtol": 1e-10, "atol": 1e-10}
 F32 = {"rtol": 1e-5, "atol": 1e-6}

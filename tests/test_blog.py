@@ -6,7 +6,7 @@ import importlib.util
 import nbformat
 import pytest
 
-from nanolm import paths
+from nanolm.core import paths
 
 spec = importlib.util.spec_from_file_location("export_blog", paths.ROOT / "ci" / "export_blog.py")
 export_blog = importlib.util.module_from_spec(spec)

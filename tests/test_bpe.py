@@ -1,4 +1,4 @@
-"""nanolm.bpe and nanolm.corpus: round trips, plain == fast training, special-token policy,
+"""nanolm.text.bpe and nanolm.text.corpus: round trips, plain == fast training, special-token policy,
 save/load, and exact id parity with tiktoken (our export, GPT-2 and cl100k_base, offline)."""
 
 import random
@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nanolm import bpe, corpus, data
+from nanolm.core import data
+from nanolm.text import bpe, bpe_train, corpus, pretokenize, reference
 
 SHAKESPEARE = data.read_text("tinyshakespeare", "input.txt")
 WIKI = data.read_text("wikitext2", "wiki.test.raw")
@@ -22,17 +23,17 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 @pytest.fixture(scope="module")
 def tok():
     """A small trained tokenizer (GPT-4 pattern, 512 ids incl. the 8 specials)."""
-    return bpe.train(SHAKESPEARE[:20_000] + UNICODE_CODE, 512)
+    return bpe_train.train(SHAKESPEARE[:20_000] + UNICODE_CODE, 512)
 
 
 @pytest.fixture(scope="module")
 def gpt2():
-    return bpe.reference_tokenizer("gpt2"), bpe.reference_tiktoken("gpt2")
+    return reference.reference_tokenizer("gpt2"), reference.reference_tiktoken("gpt2")
 
 
 @pytest.fixture(scope="module")
 def cl100k():
-    return bpe.reference_tokenizer("cl100k_base"), bpe.reference_tiktoken("cl100k_base")
+    return reference.reference_tokenizer("cl100k_base"), reference.reference_tiktoken("cl100k_base")
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -90,32 +91,32 @@ def test_decode_replaces_invalid_utf8(tok):
 ])
 def test_plain_and_fast_learn_the_same_merges(text):
     for pattern in ("gpt2", "gpt4"):
-        assert bpe.train_plain(text, 60, pattern) == bpe.train_fast(text, 60, pattern)
+        assert bpe_train.train_plain(text, 60, pattern) == bpe_train.train_fast(text, 60, pattern)
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.text(alphabet="ab c\n", max_size=200), st.integers(1, 30))
 def test_plain_and_fast_agree_on_random_small_alphabets(text, n):
-    assert bpe.train_plain(text, n) == bpe.train_fast(text, n)
+    assert bpe_train.train_plain(text, n) == bpe_train.train_fast(text, n)
 
 
 def test_tie_break_is_highest_count_then_smallest_bytes():
     # "ab" and "cd" each occur once: the smaller bytes (a, b) win, then (c, d).
-    assert bpe.train_plain("cd\nab", 2) == [(97, 98), (99, 100)]
+    assert bpe_train.train_plain("cd\nab", 2) == [(97, 98), (99, 100)]
     # a higher count beats smaller bytes
-    assert bpe.train_fast("ab\ncd\ncd", 1) == [(99, 100)]
+    assert bpe_train.train_fast("ab\ncd\ncd", 1) == [(99, 100)]
 
 
 def test_no_two_tokens_share_bytes_and_training_is_deterministic():
-    a = bpe.train(SHAKESPEARE[:10_000], 400)
-    b = bpe.train([SHAKESPEARE[:5_000], SHAKESPEARE[5_000:10_000]], 400)
+    a = bpe_train.train(SHAKESPEARE[:10_000], 400)
+    b = bpe_train.train([SHAKESPEARE[:5_000], SHAKESPEARE[5_000:10_000]], 400)
     assert len(set(a.vocab)) == len(a.vocab)
-    assert a.merges == bpe.train(SHAKESPEARE[:10_000], 400).merges
+    assert a.merges == bpe_train.train(SHAKESPEARE[:10_000], 400).merges
     assert len(b.merges) == len(a.merges)
 
 
 def test_truncated_equals_training_to_the_smaller_size(tok):
-    small = bpe.train(SHAKESPEARE[:20_000] + UNICODE_CODE, 300)
+    small = bpe_train.train(SHAKESPEARE[:20_000] + UNICODE_CODE, 300)
     assert tok.truncated(300).merges == small.merges
     assert tok.truncated(300).special_tokens == small.special_tokens
     assert tok.truncated(300).vocab_size == 300
@@ -222,9 +223,9 @@ def test_reference_byte_order_is_permuted(gpt2):
 
 def test_bad_inputs_give_clear_errors(tok):
     with pytest.raises(bpe.TokenizerError, match="unknown split pattern 'gpt5'"):
-        bpe.train("hello", 300, pattern="gpt5")
+        bpe_train.train("hello", 300, pattern="gpt5")
     with pytest.raises(bpe.TokenizerError, match="below 256"):
-        bpe.train("hello", 200)
+        bpe_train.train("hello", 200)
     with pytest.raises(bpe.TokenizerError, match="not in this vocabulary"):
         tok.decode([0, 512])
     with pytest.raises(bpe.TokenizerError, match="not in this vocabulary"):
@@ -232,7 +233,7 @@ def test_bad_inputs_give_clear_errors(tok):
     with pytest.raises(bpe.TokenizerError, match="surrogate"):
         tok.encode("a\ud800b")
     with pytest.raises(bpe.TokenizerError, match="unknown reference"):
-        bpe.reference_tokenizer("gpt5")
+        reference.reference_tokenizer("gpt5")
 
 
 @pytest.mark.parametrize("mangle, message", [
@@ -277,10 +278,10 @@ def test_pretraining_mix_is_deterministic_capped_and_splits_cleanly():
 
 def test_train_accepts_several_texts_or_counts_and_both_trainers_agree():
     parts = [SHAKESPEARE[:3000], WIKI[:3000], UNICODE_CODE]
-    fast = bpe.train(parts, 400)
-    assert bpe.train(parts, 400, trainer="plain").merges == fast.merges
-    assert bpe.train(bpe.pretoken_counts(parts), 400).merges == fast.merges
+    fast = bpe_train.train(parts, 400)
+    assert bpe_train.train(parts, 400, trainer="plain").merges == fast.merges
+    assert bpe_train.train(pretokenize.pretoken_counts(parts), 400).merges == fast.merges
     with pytest.raises(bpe.TokenizerError, match="plain trainer needs text"):
-        bpe.train(bpe.pretoken_counts(parts), 400, trainer="plain")
+        bpe_train.train(pretokenize.pretoken_counts(parts), 400, trainer="plain")
     with pytest.raises(bpe.TokenizerError, match="unknown trainer"):
-        bpe.train(parts, 400, trainer="slow")
+        bpe_train.train(parts, 400, trainer="slow")

@@ -1,4 +1,4 @@
-"""nanolm.charset: the character vocabulary and the `shakespeare-char` artifact."""
+"""nanolm.text.charset: the character vocabulary and the `shakespeare-char` artifact."""
 
 import json
 
@@ -7,7 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nanolm import artifacts, charset
+from nanolm.core import artifacts
+from nanolm.text import charset
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
 

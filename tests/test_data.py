@@ -1,4 +1,4 @@
-"""nanolm.data: the manifest, copying from a mirror, and real downloads from a local HTTP server."""
+"""nanolm.core.data: the manifest, copying from a mirror, and real downloads from a local HTTP server."""
 
 import gzip
 import http.server
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from nanolm import data, paths
-from nanolm.data import DataError
-from nanolm.files import sha256_bytes
+from nanolm.core import data, paths
+from nanolm.core.data import DataError
+from nanolm.core.files import sha256_bytes
 
 MIRROR = paths.ROOT.parent / "shared" / "datasets"
 needs_mirror = pytest.mark.skipif(not MIRROR.exists(), reason="dataset mirror ../shared/datasets not present")

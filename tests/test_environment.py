@@ -4,7 +4,7 @@ import re
 
 import yaml
 
-from nanolm import paths
+from nanolm.core import paths
 
 ROOT = paths.ROOT
 REQUIRED = """torch numpy matplotlib jupyterlab ipykernel ipywidgets papermill nbval nbconvert tiktoken regex

@@ -1,10 +1,10 @@
-"""nanolm.flops: the 6N + 12LCT FLOPs estimate, which weights count, and the peak FLOP/s."""
+"""nanolm.train.flops: the 6N + 12LCT FLOPs estimate, which weights count, and the peak FLOP/s."""
 
 import pytest
 import torch
 
-from nanolm import flops
-from nanolm.gpt import GPT, GPTConfig
+from nanolm.model.gpt import GPT, GPTConfig
+from nanolm.train import flops
 
 
 def test_flops_per_token_formula():

@@ -1,10 +1,12 @@
-"""nanolm.gpt against Hugging Face GPT-2 and against itself (causality, attention paths, save/load)."""
+"""nanolm.model.gpt against Hugging Face GPT-2 and against itself (causality, attention paths, save/load)."""
 
 import pytest
 import torch
 
-from nanolm import artifacts, gpt
-from nanolm.gpt import GPT, GPTConfig
+from nanolm.core import artifacts
+from nanolm.model import gpt
+from nanolm.model.gpt import GPT, GPTConfig
+from nanolm.model.hf import from_hf, to_hf
 
 SMALL = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
 
@@ -29,11 +31,11 @@ def test_logits_equal_hf_gpt2_both_ways():
     model = _model()
     idx = _ids()
     ours, _ = model(idx)
-    hf = gpt.to_hf(model)
+    hf = to_hf(model)
     with torch.no_grad():
         theirs = hf(idx).logits
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
-    back = gpt.from_hf(hf)
+    back = from_hf(hf)
     for name, t in model.tensors().items():
         torch.testing.assert_close(back.tensors()[name], t, atol=0, rtol=0, msg=name)
 

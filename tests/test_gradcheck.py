@@ -1,9 +1,9 @@
-"""nanolm.gradcheck: central differences and relative error."""
+"""nanolm.teach.gradcheck: central differences and relative error."""
 
 import numpy as np
 import pytest
 
-from nanolm import gradcheck
+from nanolm.teach import gradcheck
 
 
 def test_numerical_gradient_of_known_functions():

@@ -1,12 +1,14 @@
-"""nanolm.llama against torch and Hugging Face: RoPE, RMSNorm, GQA, the KV cache, LlamaForCausalLM parity."""
+"""nanolm.model.llama against torch and Hugging Face: RoPE, RMSNorm, GQA, the KV cache, LlamaForCausalLM parity."""
 
 import math
 
 import pytest
 import torch
 
-from nanolm import artifacts, gpt, llama
-from nanolm.llama import Llama, LlamaConfig
+from nanolm.core import artifacts
+from nanolm.model import gpt, layers, llama
+from nanolm.model.hf import from_hf, to_hf
+from nanolm.model.llama import Llama, LlamaConfig
 
 SMALL = LlamaConfig(vocab_size=64, block_size=24, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
 
@@ -30,12 +32,12 @@ def test_rope_scores_depend_only_on_the_offset():
     """q.k after RoPE at positions (m, n) equals that at (m + s, n + s) for any shift s (float64, 1e-12)."""
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(16, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
-    inv_freq = llama.rope_frequencies(16).double()
+    inv_freq = layers.rope_frequencies(16).double()
 
     def score(m, n):
-        cq, sq = llama.rope_angles(torch.tensor([m]), inv_freq)
-        ck, sk = llama.rope_angles(torch.tensor([n]), inv_freq)
-        return (llama.apply_rope(q[None], cq.double(), sq.double()) @ llama.apply_rope(k[None], ck.double(), sk.double()).T).item()
+        cq, sq = layers.rope_angles(torch.tensor([m]), inv_freq)
+        ck, sk = layers.rope_angles(torch.tensor([n]), inv_freq)
+        return (layers.apply_rope(q[None], cq.double(), sq.double()) @ layers.apply_rope(k[None], ck.double(), sk.double()).T).item()
 
     for m, n in [(5, 2), (2, 5), (7, 7), (30, 1)]:
         ref = score(m, n)
@@ -48,16 +50,16 @@ def test_rope_complex_interleaved_equals_real_half_split():
     """Meta's complex form on interleaved pairs == the real half-split form after permuting features."""
     x = torch.randn(2, 3, 10, 16, dtype=torch.float64)
     pos = torch.arange(5, 15)
-    cos, sin = llama.rope_angles(pos, llama.rope_frequencies(16).double())
-    half = llama.apply_rope(llama.interleaved_to_half(x), cos.double(), sin.double())
-    cplx = llama.interleaved_to_half(llama.apply_rope_complex(x, pos))
+    cos, sin = layers.rope_angles(pos, layers.rope_frequencies(16).double())
+    half = layers.apply_rope(layers.interleaved_to_half(x), cos.double(), sin.double())
+    cplx = layers.interleaved_to_half(layers.apply_rope_complex(x, pos))
     torch.testing.assert_close(half, cplx, atol=1e-12, rtol=0)
     torch.testing.assert_close(half.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps lengths
 
 
 def test_rmsnorm_equals_torch():
     x = torch.randn(4, 7, 32) * 3 + 1
-    ours = llama.RMSNorm(32, eps=1e-5)
+    ours = layers.RMSNorm(32, eps=1e-5)
     ref = torch.nn.RMSNorm(32, eps=1e-5)
     with torch.no_grad():
         ours.weight.normal_()
@@ -153,16 +155,16 @@ def test_logits_equal_hf_llama_both_ways():
         cfg = LlamaConfig(**{**SMALL.to_dict(), "tie_embeddings": tie, "rope_theta": 500.0})
         model = _model(cfg)
         idx = _ids(cfg)
-        hf = llama.to_hf(model)
+        hf = to_hf(model)
         with torch.no_grad():
             theirs = hf(idx).logits
         torch.testing.assert_close(theirs, model(idx)[0], atol=1e-4, rtol=0)
-        back = llama.from_hf(hf)
+        back = from_hf(hf)
         assert back.config == cfg
         for name, t in model.tensors().items():
             assert torch.equal(back.tensors()[name], t), name
     with pytest.raises(ValueError, match="plain Llama"):
-        llama.to_hf(_model(LlamaConfig(**{**SMALL.to_dict(), "qk_norm": True})))
+        to_hf(_model(LlamaConfig(**{**SMALL.to_dict(), "qk_norm": True})))
 
 
 def test_loss_ignores_minus_100_and_moe_aux_only_in_training():

@@ -1,9 +1,9 @@
-"""nanolm.mla: latent attention's cache, its absorbed form, and its relative positions."""
+"""nanolm.model.mla: latent attention's cache, its absorbed form, and its relative positions."""
 
 import torch
 
-from nanolm import mla
-from nanolm.llama import Llama, LlamaConfig
+from nanolm.model import mla
+from nanolm.model.llama import Llama, LlamaConfig
 
 CFG = LlamaConfig(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=32, attention="mla", kv_rank=12,
                   rope_dim=4)

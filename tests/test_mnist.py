@@ -1,4 +1,4 @@
-"""nanolm.mnist: the idx reader validates what it reads, and the 8k/2k split is seeded and complete."""
+"""nanolm.teach.mnist: the idx reader validates what it reads, and the 8k/2k split is seeded and complete."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import gzip
 import numpy as np
 import pytest
 
-from nanolm import data, mnist
+from nanolm.core import data
+from nanolm.teach import mnist
 
 COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 

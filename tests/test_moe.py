@@ -1,11 +1,11 @@
-"""nanolm.moe: routing invariants, the load-balancing loss and capacity on hand cases, the mixed output."""
+"""nanolm.model.moe: routing invariants, the load-balancing loss and capacity on hand cases, the mixed output."""
 
 import math
 
 import pytest
 import torch
 
-from nanolm import moe
+from nanolm.model import moe
 
 
 def test_every_token_goes_to_exactly_k_distinct_experts_with_gates_summing_to_one():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nanolm import paths, report, syllabus
+from nanolm.core import paths, report, syllabus
 
 pytestmark = pytest.mark.notebooks
 ROOT = paths.ROOT

@@ -1,11 +1,11 @@
-"""nanolm.optim against torch.optim: the same parameters after 20 steps, within 1e-6, for several settings each."""
+"""nanolm.teach.optim against torch.optim: the same parameters after 20 steps, within 1e-6, for several settings each."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nanolm import optim
+from nanolm.teach import optim
 
 STEPS = 20
 TOL = dict(rtol=0.0, atol=1e-6)

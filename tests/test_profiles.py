@@ -1,9 +1,9 @@
-"""nanolm.profiles: resolving 'auto' and reading size tables."""
+"""nanolm.core.profiles: resolving 'auto' and reading size tables."""
 
 import pytest
 import torch
 
-from nanolm import profiles
+from nanolm.core import profiles
 
 TABLE = {"smoke": {"steps": 2, "width": 8}, "cpu": {"steps": 200, "width": 64}, "gpu": {"steps": 5000, "width": 512}}
 

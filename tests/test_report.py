@@ -1,4 +1,4 @@
-"""nanolm.report: the results cell and the report card."""
+"""nanolm.core.report: the results cell and the report card."""
 
 import json
 
@@ -6,7 +6,7 @@ import nbformat
 import pytest
 import torch
 
-from nanolm import artifacts, report
+from nanolm.core import artifacts, report
 
 
 def test_record_prints_one_json_line_and_stores_it(capsys, isolated_checkpoints):

@@ -1,4 +1,4 @@
-"""nanolm.rnn: LSTM/GRU from scratch against torch.nn, and the seq2seq reversal pieces.
+"""nanolm.teach.rnn: LSTM/GRU from scratch against torch.nn, and the seq2seq reversal pieces.
 
 Parity is checked in float64 with atol=1e-10, rtol=1e-8 (the same arithmetic in a
 different order differs by ~1e-15), and in float32 with atol=1e-5, rtol=1e-5.
@@ -7,7 +7,7 @@ different order differs by ~1e-15), and in float32 with atol=1e-5, rtol=1e-5.
 import pytest
 import torch
 
-from nanolm import rnn
+from nanolm.teach import rnn
 
 F64 = {"atol": 1e-10, "rtol": 1e-8}
 F32 = {"atol": 1e-5, "rtol": 1e-5}

@@ -6,7 +6,7 @@ import json
 import nbformat
 import pytest
 
-from nanolm import paths
+from nanolm.core import paths
 
 spec = importlib.util.spec_from_file_location("run_course", paths.ROOT / "ci" / "run_course.py")
 run_course = importlib.util.module_from_spec(spec)

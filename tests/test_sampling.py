@@ -1,9 +1,9 @@
-"""nanolm.sampling: the filters keep exactly the tokens they promise."""
+"""nanolm.model.sampling: the filters keep exactly the tokens they promise."""
 
 import pytest
 import torch
 
-from nanolm.sampling import sample_next, top_k_filter, top_p_filter
+from nanolm.model.sampling import sample_next, top_k_filter, top_p_filter
 
 
 def test_top_k_keeps_the_k_largest():

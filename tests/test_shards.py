@@ -1,4 +1,4 @@
-"""nanolm.shards: encoding round trip, the held-out split, uint16 refusal, the artifact, and the loaders."""
+"""nanolm.text.shards: encoding round trip, the held-out split, uint16 refusal, the artifact, and the loaders."""
 
 import json
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nanolm import artifacts, bpe, corpus, shards
+from nanolm.core import artifacts
+from nanolm.text import bpe, bpe_train, corpus, shards
 
 EOT = shards.EOT
 TEXT = (
@@ -19,7 +20,7 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def tok():
-    return bpe.train(TEXT, 320)
+    return bpe_train.train(TEXT, 320)
 
 
 def test_split_documents_is_corpus_split_at_document_level():
@@ -87,7 +88,7 @@ def test_save_load_memmaps_read_only(tok):
             np.testing.assert_array_equal(arr, built[d][split])
     assert loaded.tokens("val") == {d: built[d]["val"].size for d in built}
     assert loaded.artifact.config["tokenizer"]["sha256"] == shards.tokenizer_identity(tok)["sha256"]
-    other = bpe.train(TEXT, 300)
+    other = bpe_train.train(TEXT, 300)
     with pytest.raises(shards.ShardError, match="another tokenizer"):
         loaded.check_tokenizer(other)
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from nanolm import train
-from nanolm.gpt import GPT, GPTConfig
-from nanolm.train import CheckpointError, TrainConfig, Trainer
+from nanolm.core import files
+from nanolm.model.gpt import GPT, GPTConfig
+from nanolm.train import CheckpointError, TrainConfig, Trainer, loop
 
 LINE = re.compile(
     r"^step \d+/\d+ \| loss \d+\.\d\d \| lr \d\.\de[-+]\d\d \| \d+(\.\d+)?[kM]? tok/s"
@@ -317,7 +318,7 @@ def test_resume_without_rng_restore_differs(tmp_path, monkeypatch):
     stopped.save_checkpoint(tmp_path / "ck")
     torch.manual_seed(1234)
     resumed = trainer(tiny_gpt(dropout=0.2), c)
-    monkeypatch.setattr(train, "set_rng_state", lambda state: torch.manual_seed(1234))
+    monkeypatch.setattr(loop, "set_rng_state", lambda state: torch.manual_seed(1234))
     resumed.load_checkpoint(tmp_path / "ck")
     resumed.run()
     assert resumed.losses[:3] == full.losses[:3] and resumed.losses[3:] != full.losses[3:]
@@ -325,7 +326,7 @@ def test_resume_without_rng_restore_differs(tmp_path, monkeypatch):
 
 def test_any_model_with_forward_idx_targets_llama_resumes_exactly(tmp_path):
     """Not tied to GPT: the Llama of notebook 09 (RoPE, RMSNorm, SwiGLU, GQA) trains and resumes bit for bit."""
-    from nanolm.llama import Llama, LlamaConfig
+    from nanolm.model.llama import Llama, LlamaConfig
 
     def llama(seed=0):
         torch.manual_seed(seed)
@@ -372,8 +373,8 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         calls.append(path)
         return real(path, data)
 
-    real = train.write_bytes_atomic
-    monkeypatch.setattr(train, "write_bytes_atomic", dying_writer)
+    real = files.write_bytes_atomic
+    monkeypatch.setattr(files, "write_bytes_atomic", dying_writer)
     with pytest.raises(OSError, match="killed"):
         t.save_checkpoint(tmp_path / "ck")
     monkeypatch.undo()

@@ -1,10 +1,10 @@
-"""nanolm.transformer: the numerals-to-words task and the encoder-decoder, pinned against torch.nn layers."""
+"""nanolm.teach.transformer: the numerals-to-words task and the encoder-decoder, pinned against torch.nn layers."""
 
 import numpy as np
 import pytest
 import torch
 
-from nanolm import transformer as tr
+from nanolm.teach import transformer as tr
 
 
 def small(**kw) -> tr.TransformerConfig:

@@ -1,4 +1,4 @@
-"""nanolm.value against torch autograd in float64: every op, random expression graphs, the MLP."""
+"""nanolm.teach.value against torch autograd in float64: every op, random expression graphs, the MLP."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanolm.value import MLP, Value, num_parameters, topological_order
+from nanolm.teach.value import MLP, Value, num_parameters, topological_order
 
 TOL = dict(rtol=0.0, atol=1e-10)  # gradients must match torch float64 within 1e-10
 

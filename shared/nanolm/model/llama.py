@@ -34,13 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import artifacts, flash
+from ..core import artifacts
+from .attend import ATTENTION_MODES, run_attention
 from .kvcache import KVCache
+from .layers import GELUMLP, RMSNorm, SwiGLU, apply_rope, rope_angles, rope_frequencies
+from .mla import LatentAttention
+from .moe import MoE
 from .sampling import sample_next
 
 CHOICES = {"pos": ("rope", "learned", "none"), "norm": ("rms", "layer"), "mlp": ("swiglu", "gelu"),
            "attention": ("gqa", "mla")}
-ATTENTION_MODES = ("auto", "sdpa", "manual", "tiled")
 
 
 @dataclass
@@ -113,55 +116,6 @@ class LlamaConfig:
         return cls(**d)
 
 
-# ----------------------------------------------------------------------------- RMSNorm and RoPE
-
-
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight over the last dim, computed in float32 (as torch.nn.RMSNorm)."""
-
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # torch's fused kernel computes x * rsqrt(mean(x^2) + eps); the gain is applied after the cast back
-        return F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).type_as(x) * self.weight
-
-
-def rope_frequencies(dim: int, theta: float = 10000.0) -> torch.Tensor:
-    """The dim/2 rotation speeds theta^(-2i/dim), i = 0 .. dim/2 - 1: fast for early pairs, slow for late."""
-    return 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-
-
-def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions (T,) -> (cos, sin), each (T, dim/2): the angle position * speed of every pair."""
-    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, dim/2)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., T, D) pairwise by (cos, sin) (T, D/2); half-split pairs: feature i with i + D/2."""
-    h = x.size(-1) // 2
-    x1, x2 = x[..., :h], x[..., h:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-
-
-def apply_rope_complex(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
-    """Meta's form: features (2i, 2i+1) of x (..., T, D) are one complex number, multiplied by e^(i pos w_i)."""
-    D = x.size(-1)
-    z = torch.view_as_complex(x.double().reshape(*x.shape[:-1], D // 2, 2).contiguous())  # (..., T, D/2)
-    angles = positions.double()[:, None] * rope_frequencies(D, theta).double()[None, :]  # (T, D/2)
-    rotated = z * torch.polar(torch.ones_like(angles), angles)
-    return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
-
-
-def interleaved_to_half(x: torch.Tensor) -> torch.Tensor:
-    """Reorder the last dim from pairs (0,1),(2,3),... to halves [0,2,4,...,1,3,5,...]."""
-    return torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)
-
-
 # ----------------------------------------------------------------------------- attention and FFN
 
 
@@ -203,49 +157,6 @@ class Attention(nn.Module):
         return self.resid_drop(self.wo(y.transpose(1, 2).reshape(B, T, -1)))
 
 
-def run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "auto",
-                  dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
-    """Causal attention of q (B, H, Tq, D) over k, v (B, Hkv, Tk, D), Tk >= Tq, through one of ATTENTION_MODES."""
-    if mode == "auto":
-        return flash.attention(q, k, v, causal=True, dropout_p=dropout_p, scale=scale)
-    if mode == "sdpa":
-        return flash.sdpa_attention(q, k, v, causal=True, dropout_p=dropout_p, scale=scale)
-    if dropout_p:
-        raise ValueError(f"attention mode {mode!r} has no dropout; use 'auto' or 'sdpa' to train with dropout")
-    if mode == "manual":
-        return flash.naive_attention(q, k, v, causal=True, scale=scale)
-    if mode == "tiled":
-        return flash.tiled_attention(q, k, v, causal=True, scale=scale)
-    raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
-
-
-class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)): a gated feed-forward, (..., C) -> (..., C)."""
-
-    def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0):
-        super().__init__()
-        self.gate_up = nn.Linear(dim, 2 * hidden, bias=bias)  # [W_gate; W_up] by rows: one matmul
-        self.down = nn.Linear(hidden, dim, bias=bias)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (..., hidden) each
-        return self.drop(self.down(F.silu(gate) * up))
-
-
-class GELUMLP(nn.Module):
-    """proj(gelu(fc(x))): GPT-2's feed-forward, (..., C) -> (..., C)."""
-
-    def __init__(self, dim: int, hidden: int, bias: bool = True, dropout: float = 0.0):
-        super().__init__()
-        self.fc = nn.Linear(dim, hidden, bias=bias)
-        self.proj = nn.Linear(hidden, dim, bias=bias)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
-
-
 def make_norm(cfg: LlamaConfig, dim: int | None = None) -> nn.Module:
     """RMSNorm, or LayerNorm when cfg.norm == 'layer' (with a bias when cfg.bias)."""
     dim = dim or cfg.n_embd
@@ -256,16 +167,12 @@ class Block(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.norm_1 = make_norm(cfg)
-        if cfg.attention == "mla":  # imported here: mla and moe build on this module's parts
-            from .mla import LatentAttention
-
+        if cfg.attention == "mla":
             self.attn = LatentAttention(cfg)
         else:
             self.attn = Attention(cfg)
         self.norm_2 = make_norm(cfg)
         if cfg.n_experts:
-            from .moe import MoE
-
             self.ffn = MoE(cfg.n_embd, cfg.expert_hidden, cfg.n_experts, cfg.top_k, bias=cfg.bias)
         elif cfg.mlp == "swiglu":
             self.ffn = SwiGLU(cfg.n_embd, cfg.ffn_hidden, cfg.bias, cfg.dropout)
@@ -445,83 +352,3 @@ def save(model: Llama, name: str, *, notebook: str, profile: str, metrics: dict 
 def load(name: str, *, profile: str, device: torch.device | str = "cpu") -> tuple[Llama, artifacts.Artifact]:
     """Load a Llama artifact (sha256-verified) -> (model in eval mode on device, the artifact)."""
     return artifacts.load_model(name, "llama", Llama, LlamaConfig, profile=profile, device=device)
-
-
-# ---------------------------------------------------------------------- Hugging Face Llama
-
-_HF_BLOCK = {
-    "norm_1.weight": "input_layernorm.weight", "norm_2.weight": "post_attention_layernorm.weight",
-    "attn.wo.weight": "self_attn.o_proj.weight", "ffn.down.weight": "mlp.down_proj.weight",
-}
-_HF_SPLIT = {  # our fused matrices -> the row blocks HF keeps as separate Linear layers
-    "attn.wqkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-    "ffn.gate_up.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-}
-_HF_TOP = {"tok_emb.weight": "model.embed_tokens.weight", "norm_f.weight": "model.norm.weight",
-           "head.weight": "lm_head.weight"}
-
-
-def hf_names(ours: str) -> tuple[str, ...]:
-    """Our parameter name -> transformers' LlamaForCausalLM name(s): fused matrices map to several, by rows."""
-    if ours in _HF_TOP:
-        return (_HF_TOP[ours],)
-    _, i, rest = ours.split(".", 2)  # blocks.{i}.{rest}
-    names = _HF_SPLIT[rest] if rest in _HF_SPLIT else (_HF_BLOCK[rest],)
-    return tuple(f"model.layers.{i}.{name}" for name in names)
-
-
-def _row_sizes(cfg: LlamaConfig, name: str) -> list[int]:
-    D = cfg.head_dim
-    if name.endswith("wqkv.weight"):
-        return [cfg.n_head * D, cfg.n_kv_head * D, cfg.n_kv_head * D]
-    return [cfg.ffn_hidden, cfg.ffn_hidden]
-
-
-def to_hf_state(model: Llama) -> dict[str, torch.Tensor]:
-    """Our tensors under transformers' names (no transposes: both sides are nn.Linear (out, in))."""
-    state = {}
-    for name, t in model.tensors().items():
-        targets = hf_names(name)
-        parts = t.split(_row_sizes(model.config, name)) if len(targets) > 1 else (t,)
-        state.update(zip(targets, parts, strict=True))
-    return state
-
-
-def to_hf(model: Llama):
-    """A transformers LlamaForCausalLM (built locally from a LlamaConfig) holding our weights."""
-    from transformers import LlamaConfig as HFLlamaConfig
-    from transformers import LlamaForCausalLM
-
-    c = model.config
-    plain = dict(pos="rope", norm="rms", mlp="swiglu", bias=False, attention="gqa", n_experts=0, qk_norm=False)
-    off = {k: getattr(c, k) for k, v in plain.items() if getattr(c, k) != v}
-    if off:
-        raise ValueError(f"only a plain Llama maps onto LlamaForCausalLM; this one has {off}")
-    hf = LlamaForCausalLM(HFLlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.ffn_hidden, num_hidden_layers=c.n_layer,
-        num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, max_position_embeddings=c.block_size,
-        rms_norm_eps=c.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        tie_word_embeddings=c.tie_embeddings, attention_bias=False, mlp_bias=False, attention_dropout=0.0,
-    ))
-    missing, unexpected = hf.load_state_dict(to_hf_state(model), strict=False)
-    left = [k for k in missing if not (c.tie_embeddings and k == "lm_head.weight")]
-    if left or unexpected:
-        raise RuntimeError(f"weight mapping to LlamaForCausalLM is incomplete: missing {left}, unexpected {unexpected}")
-    if c.tie_embeddings:
-        hf.tie_weights()
-    return hf.eval()
-
-
-def from_hf(hf) -> Llama:
-    """Our Llama with the weights of a transformers LlamaForCausalLM (default RoPE only)."""
-    c = hf.config
-    rope = getattr(c, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"only default RoPE is supported, got {rope}")
-    cfg = LlamaConfig(vocab_size=c.vocab_size, block_size=c.max_position_embeddings, n_layer=c.num_hidden_layers,
-                      n_head=c.num_attention_heads, n_kv_head=c.num_key_value_heads, n_embd=c.hidden_size,
-                      ffn_hidden=c.intermediate_size, rope_theta=rope.get("rope_theta", 10000.0),
-                      norm_eps=c.rms_norm_eps, tie_embeddings=c.tie_word_embeddings)
-    hf_state = hf.state_dict()
-    tensors = {name: torch.cat([hf_state[n] for n in hf_names(name)]).contiguous() for name in Llama(cfg).tensors()}
-    return Llama.from_tensors(cfg, tensors).eval()

@@ -19,11 +19,17 @@ r kv_rank, d_r rope_dim.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
+from .attend import run_attention
 from .kvcache import KVCache
-from .llama import LlamaConfig, RMSNorm, apply_rope, rope_angles, rope_frequencies, run_attention
+from .layers import RMSNorm, apply_rope, rope_angles, rope_frequencies
+
+if TYPE_CHECKING:  # for annotations only: llama builds on this module, not the other way round
+    from .llama import LlamaConfig
 
 
 class LatentAttention(nn.Module):

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from .llama import SwiGLU
+from .layers import SwiGLU
 
 
 def route(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

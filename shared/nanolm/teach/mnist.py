@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import data
+from ..core import data
 
 IMAGES = "t10k-images-idx3-ubyte.gz"
 LABELS = "t10k-labels-idx1-ubyte.gz"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts
+from ..core import artifacts
 
 ARTIFACT = "shakespeare-char"
 VOCAB_FILE = "vocab.json"

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import artifacts, corpus
-from .files import sha256_bytes
+from ..core import artifacts
+from ..core.files import sha256_bytes
+from . import corpus
 
 ARTIFACT = "token-shards"
 INDEX = "index.json"

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import artifacts
+from ..core import artifacts
 from .sampling import sample_next
 
 
@@ -229,64 +229,3 @@ def save(model: GPT, name: str, *, notebook: str, profile: str, metrics: dict | 
 def load(name: str, *, profile: str, device: torch.device | str = "cpu") -> tuple[GPT, artifacts.Artifact]:
     """Load a GPT artifact (sha256-verified) -> (model in eval mode on device, the artifact)."""
     return artifacts.load_model(name, "gpt", GPT, GPTConfig, profile=profile, device=device)
-
-
-# ---------------------------------------------------------------------- Hugging Face GPT-2
-
-# ours -> transformers' GPT2LMHeadModel. HF stores Linear weights as Conv1D (in, out): transpose.
-_HF_BLOCK = {
-    "ln_1.weight": "ln_1.weight", "ln_1.bias": "ln_1.bias",
-    "attn.qkv.weight": "attn.c_attn.weight", "attn.qkv.bias": "attn.c_attn.bias",
-    "attn.proj.weight": "attn.c_proj.weight", "attn.proj.bias": "attn.c_proj.bias",
-    "ln_2.weight": "ln_2.weight", "ln_2.bias": "ln_2.bias",
-    "mlp.fc.weight": "mlp.c_fc.weight", "mlp.fc.bias": "mlp.c_fc.bias",
-    "mlp.proj.weight": "mlp.c_proj.weight", "mlp.proj.bias": "mlp.c_proj.bias",
-}
-_HF_TOP = {"tok_emb.weight": "transformer.wte.weight", "pos_emb.weight": "transformer.wpe.weight",
-           "ln_f.weight": "transformer.ln_f.weight", "ln_f.bias": "transformer.ln_f.bias"}
-
-
-def hf_name(ours: str) -> tuple[str, bool]:
-    """Our parameter name -> (the GPT2LMHeadModel name, whether the weight must be transposed)."""
-    if ours in _HF_TOP:
-        return _HF_TOP[ours], False
-    _, i, rest = ours.split(".", 2)  # blocks.{i}.{rest}
-    return f"transformer.h.{i}.{_HF_BLOCK[rest]}", rest.endswith(".weight") and not rest.startswith("ln_")
-
-
-def to_hf(model: GPT):
-    """A transformers GPT2LMHeadModel with our weights (needs bias=True, GPT-2's layout)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = model.config
-    if not cfg.bias:
-        raise ValueError("GPT-2 has biases everywhere: only a GPT with bias=True maps onto GPT2LMHeadModel")
-    hf = GPT2LMHeadModel(GPT2Config(
-        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        layer_norm_epsilon=1e-5, tie_word_embeddings=True,
-    ))
-    state = {}
-    for name, tensor in model.tensors().items():
-        target, transpose = hf_name(name)
-        state[target] = tensor.t() if transpose else tensor
-    missing, unexpected = hf.load_state_dict(state, strict=False)
-    # the only keys we do not supply: the tied lm_head and (older versions) causal-mask buffers
-    left = [k for k in missing if k != "lm_head.weight" and not k.endswith(("attn.bias", "attn.masked_bias"))]
-    if left or unexpected:
-        raise RuntimeError(f"weight mapping to GPT-2 is incomplete: missing {left}, unexpected {unexpected}")
-    hf.tie_weights()
-    return hf.eval()
-
-
-def from_hf(hf) -> GPT:
-    """Our GPT with the weights of a transformers GPT2LMHeadModel."""
-    c = hf.config
-    cfg = GPTConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer, n_head=c.n_head,
-                    n_embd=c.n_embd, dropout=0.0, bias=True)
-    hf_state = hf.state_dict()
-    tensors = {}
-    for name in GPT(cfg).tensors():
-        source, transpose = hf_name(name)
-        tensors[name] = hf_state[source].t() if transpose else hf_state[source]
-    return GPT.from_tensors(cfg, {k: v.contiguous() for k, v in tensors.items()}).eval()

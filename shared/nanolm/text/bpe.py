@@ -1,44 +1,25 @@
-"""Byte-level BPE: regex pre-tokenization, a plain and a fast trainer, a tiktoken-compatible encoder.
+"""Byte-level BPE tokenizer: tiktoken-compatible encoding, special tokens, save/load, tiktoken export.
 
 Every text is UTF-8 bytes, so the 256 byte values are the first tokens and no input is ever
-unknown. Training repeatedly glues the most frequent adjacent pair of tokens into a new token:
-
-    train_plain  recounts every pair after every merge: short enough to read line by line.
-    train_fast   counts unique pre-tokens once, keeps pair counts up to date incrementally and
-                 indexes which pre-tokens hold each pair: the same merges, far faster.
-
-Both break ties the same way: the highest count wins, then the pair whose (left bytes,
-right bytes) is lexicographically smallest; a merge that would recreate the bytes of an
-existing token is skipped (so every token's bytes are unique, as tiktoken requires).
-
-`Tokenizer` encodes the way tiktoken does (within a pre-token, repeatedly merge the adjacent
-pair whose merged bytes have the lowest id), so GPT-2's and GPT-4's (cl100k) vocabularies load
-into it and give tiktoken's ids, and a tokenizer we train exports to a `tiktoken.Encoding`.
-It saves as plain text: a header, the special tokens, then one merge per line as two ids.
+unknown. `Tokenizer` encodes the way tiktoken does (within a pre-token, repeatedly merge the
+adjacent pair whose merged bytes have the lowest id), so GPT-2's and GPT-4's (cl100k) vocabularies
+load into it and give tiktoken's ids, and a tokenizer we train (nanolm.text.bpe_train) exports to a
+`tiktoken.Encoding`. It saves as plain text: a header, the special tokens, then one merge per line
+as two ids. Pre-tokenization lives in nanolm.text.pretokenize.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
 import regex
 
-from .files import write_bytes_atomic
-
-# Split patterns: a text is first cut into pre-tokens (words, numbers, punctuation runs, spaces);
-# merges never cross a pre-token boundary. These are the patterns of GPT-2 (r50k) and GPT-4
-# (cl100k_base) exactly as tiktoken uses them, so our splits and tiktoken's agree.
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-GPT4_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
-    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-)
-PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+from ..core.files import write_bytes_atomic
+from .pretokenize import PATTERNS, TokenizerError, compiled, pattern_regex, utf8
 
 # Special tokens reserved for the whole course: document boundary, padding, the chat template
 # (notebook 13) and tool calls (notebook 14). They get the last ids of a trained vocabulary.
@@ -62,203 +43,12 @@ _CACHE_LIMIT = 200_000
 Pair = tuple[int, int]
 
 
-class TokenizerError(ValueError):
-    """A bad tokenizer file, pattern name, special-token request or token id."""
-
-
-# ----------------------------------------------------------------------------- pre-tokenization
-
-
-def pattern_regex(pattern: str) -> str:
-    """The split regex of a pattern name ('gpt2' or 'gpt4'); a clear error for anything else."""
-    if pattern not in PATTERNS:
-        raise TokenizerError(f"unknown split pattern {pattern!r}; known: {', '.join(PATTERNS)}")
-    return PATTERNS[pattern]
-
-
-_COMPILED: dict[str, regex.Pattern] = {}
-
-
-def _compiled(pattern: str) -> regex.Pattern:
-    if pattern not in _COMPILED:
-        _COMPILED[pattern] = regex.compile(pattern_regex(pattern))
-    return _COMPILED[pattern]
-
-
-def pretokenize(text: str, pattern: str = "gpt4") -> list[str]:
-    """Cut text into pre-tokens with the named split pattern; ''.join(result) == text."""
-    return _compiled(pattern).findall(text)
-
-
-def pretoken_counts(texts: str | Iterable[str], pattern: str = "gpt4") -> Counter[bytes]:
-    """How often each distinct pre-token occurs (as UTF-8 bytes) across one or more texts."""
-    if isinstance(texts, str):
-        texts = [texts]
-    split = _compiled(pattern).findall
-    counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(split(text))
-    return Counter({_utf8(piece): n for piece, n in counts.items()})
-
-
-def _utf8(text: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise TokenizerError(
-            f"text holds a lone surrogate {text[e.start:e.end]!r} at {e.start}, which has no UTF-8 "
-            "bytes; clean it first (e.g. s.encode('utf-8', 'replace').decode())"
-        ) from e
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def merge_pair(ids: list[int], pair: Pair, new_id: int) -> list[int]:
-    """Replace every occurrence of `pair` in ids, scanning left to right, by `new_id`."""
-    a, b = pair
-    out, i, n = [], 0, len(ids)
-    while i < n:
-        if i + 1 < n and ids[i] == a and ids[i + 1] == b:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
-def _num_merges(vocab_size: int, n_special: int) -> int:
+def num_merges(vocab_size: int, n_special: int) -> int:
+    """Merges a vocabulary of vocab_size ids holds besides the 256 bytes and n_special special tokens."""
     n = vocab_size - 256 - n_special
     if n < 0:
         raise TokenizerError(f"vocab_size {vocab_size} is below 256 bytes + {n_special} special tokens")
     return n
-
-
-def train_plain(texts: str | Iterable[str], num_merges: int, pattern: str = "gpt4") -> list[Pair]:
-    """Learn BPE merges the simple way: count all pairs, merge the most frequent, repeat."""
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    chunks = [list(_utf8(piece)) for text in texts for piece in pretokenize(text, pattern)]
-    vocab = [bytes([i]) for i in range(256)]  # token id -> its bytes
-    known = set(vocab)
-    merges: list[Pair] = []
-    while len(merges) < num_merges:
-        counts: Counter[Pair] = Counter()
-        for ids in chunks:
-            counts.update(zip(ids, ids[1:], strict=False))
-        # a pair whose bytes are already a token would make two ids for the same bytes: skip it
-        candidates = [p for p in counts if vocab[p[0]] + vocab[p[1]] not in known]
-        if not candidates:
-            break
-        # tie-break: highest count, then the lexicographically smallest (left bytes, right bytes)
-        best = min(candidates, key=lambda p: (-counts[p], vocab[p[0]], vocab[p[1]]))
-        new_id = len(vocab)
-        chunks = [merge_pair(ids, best, new_id) for ids in chunks]
-        merges.append(best)
-        vocab.append(vocab[best[0]] + vocab[best[1]])
-        known.add(vocab[-1])
-    return merges
-
-
-def train_fast(
-    data: str | Iterable[str] | Mapping[bytes, int],
-    num_merges: int,
-    pattern: str = "gpt4",
-    progress: bool = False,
-) -> list[Pair]:
-    """The same merges as train_plain, computed from pre-token counts with incremental pair counts.
-
-    `data` is a text, several texts, or ready-made pre-token counts (bytes -> count).
-    """
-    counts = data if isinstance(data, Mapping) else pretoken_counts(data, pattern)
-    words = [list(w) for w in counts]        # each distinct pre-token as a list of token ids
-    freqs = [counts[w] for w in counts]      # how often it occurs in the corpus
-    vocab = [bytes([i]) for i in range(256)]
-    known = set(vocab)
-    pair_counts: dict[Pair, int] = defaultdict(int)
-    where: dict[Pair, set[int]] = defaultdict(set)  # pair -> indices of the words that hold it
-    for wi, (w, f) in enumerate(zip(words, freqs, strict=True)):
-        for p in zip(w, w[1:], strict=False):
-            pair_counts[p] += f
-            where[p].add(wi)
-    # A max-heap by (count, then smallest bytes) made from a min-heap; stale entries are skipped.
-    heap = [(-c, vocab[a], vocab[b], a, b) for (a, b), c in pair_counts.items()]
-    heapq.heapify(heap)
-    merges: list[Pair] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_merges, desc="BPE merges", leave=False)
-    while len(merges) < num_merges and heap:
-        negc, ba, bb, a, b = heapq.heappop(heap)
-        pair = (a, b)
-        if pair_counts.get(pair, 0) != -negc:
-            continue  # a stale entry: this pair's count changed after it was pushed
-        if ba + bb in known:
-            continue  # would duplicate an existing token's bytes (train_plain skips it too)
-        new_id = len(vocab)
-        merges.append(pair)
-        vocab.append(ba + bb)
-        known.add(ba + bb)
-        delta: dict[Pair, int] = defaultdict(int)
-        for wi in where.pop(pair):
-            w = words[wi]
-            new_w = merge_pair(w, pair, new_id)
-            if len(new_w) == len(w):
-                continue
-            f = freqs[wi]
-            for p in zip(w, w[1:], strict=False):
-                delta[p] -= f
-            for p in zip(new_w, new_w[1:], strict=False):
-                delta[p] += f
-                where[p].add(wi)
-            words[wi] = new_w
-        for p, d in delta.items():
-            if d == 0 or p == pair:
-                continue
-            c = pair_counts[p] + d
-            if c > 0:
-                pair_counts[p] = c
-                heapq.heappush(heap, (-c, vocab[p[0]], vocab[p[1]], p[0], p[1]))
-            else:
-                del pair_counts[p]
-                where.pop(p, None)
-        pair_counts.pop(pair, None)
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
-    return merges
-
-
-def train(
-    texts: str | Iterable[str] | Mapping[bytes, int],
-    vocab_size: int,
-    pattern: str = "gpt4",
-    special_tokens: Iterable[str] = SPECIAL_TOKENS,
-    trainer: Literal["fast", "plain"] = "fast",
-    progress: bool = False,
-) -> Tokenizer:
-    """Train a byte-level BPE tokenizer whose vocabulary (bytes + merges + specials) has vocab_size ids.
-
-    `texts` is a text, several texts, or (fast trainer only) ready pre-token counts from pretoken_counts().
-    """
-    special_tokens = tuple(special_tokens)
-    n = _num_merges(vocab_size, len(special_tokens))
-    pattern_regex(pattern)
-    if trainer == "fast":
-        merges = train_fast(texts, n, pattern, progress=progress)
-    elif trainer == "plain":
-        if isinstance(texts, Mapping):
-            raise TokenizerError("the plain trainer needs text, not pre-token counts")
-        merges = train_plain(texts, n, pattern)
-    else:
-        raise TokenizerError(f"unknown trainer {trainer!r}; use 'fast' or 'plain'")
-    return Tokenizer.from_merges(merges, pattern, special_tokens)
-
-
-# ----------------------------------------------------------------------------- the tokenizer
 
 
 class Tokenizer:
@@ -274,7 +64,7 @@ class Tokenizer:
     ):
         """vocab[i] is the bytes of ordinary token i; it must hold all 256 single bytes, each once."""
         self.pattern = pattern
-        self._split = _compiled(pattern)
+        self._split = compiled(pattern)
         self.vocab = list(vocab)
         self.merges = list(merges) if merges is not None else None
         self.name = name
@@ -413,7 +203,7 @@ class Tokenizer:
         for piece in self._split.findall(text):
             ids = cache.get(piece)
             if ids is None:
-                ids = tuple(self._bpe(_utf8(piece)))
+                ids = tuple(self._bpe(utf8(piece)))
                 if len(cache) >= _CACHE_LIMIT:
                     cache.clear()
                 cache[piece] = ids
@@ -489,7 +279,7 @@ class Tokenizer:
         """
         if self.merges is None:
             raise TokenizerError("truncated() needs a tokenizer with a merge list (trained or loaded)")
-        n = _num_merges(vocab_size, len(self.special_tokens))
+        n = num_merges(vocab_size, len(self.special_tokens))
         if n > len(self.merges):
             raise TokenizerError(f"this tokenizer has only {len(self.merges)} merges; cannot grow to {vocab_size}")
         specials = sorted(self.special_tokens, key=self.special_tokens.get)
@@ -575,56 +365,12 @@ class Tokenizer:
         return self._tiktoken
 
 
-# ----------------------------------------------------------------------------- references and the artifact
-
-# GPT-2 and GPT-4 vocabularies from data/ (never downloaded here): name -> (dataset, pattern, specials).
-_REFERENCES = {
-    "gpt2": ("gpt2_bpe", "gpt2", {"<|endoftext|>": 50256}),
-    "cl100k_base": ("cl100k", "gpt4", {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258,
-                                       "<|fim_middle|>": 100259, "<|fim_suffix|>": 100260,
-                                       "<|endofprompt|>": 100276}),
-}
-
-
-def reference_ranks(name: str) -> dict[bytes, int]:
-    """Mergeable ranks of 'gpt2' or 'cl100k_base', read offline from data/ with tiktoken.load."""
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
-
-    from . import data
-
-    if name not in _REFERENCES:
-        raise TokenizerError(f"unknown reference tokenizer {name!r}; known: {', '.join(_REFERENCES)}")
-    dataset = _REFERENCES[name][0]
-    files = data.registry()[dataset]["files"]
-    if name == "gpt2":
-        return data_gym_to_mergeable_bpe_ranks(
-            str(data.path(dataset, "vocab.bpe")), str(data.path(dataset, "encoder.json")),
-            vocab_bpe_hash=files["vocab.bpe"]["sha256"], encoder_json_hash=files["encoder.json"]["sha256"],
-        )
-    return load_tiktoken_bpe(str(data.path(dataset, "cl100k_base.tiktoken")),
-                             expected_hash=files["cl100k_base.tiktoken"]["sha256"])
-
-
-def reference_tiktoken(name: str):
-    """tiktoken's own 'gpt2' or 'cl100k_base' Encoding, built offline from the files in data/."""
-    import tiktoken
-
-    _, pattern, specials = _REFERENCES.get(name, (None, None, None))
-    ranks = reference_ranks(name)
-    return tiktoken.Encoding(name, pat_str=PATTERNS[pattern], mergeable_ranks=ranks,
-                             special_tokens=dict(specials))
-
-
-def reference_tokenizer(name: str) -> Tokenizer:
-    """Our Tokenizer holding the 'gpt2' or 'cl100k_base' vocabulary (bytes permuted as theirs are)."""
-    ranks = reference_ranks(name)
-    _, pattern, specials = _REFERENCES[name]
-    return Tokenizer.from_ranks(ranks, pattern, specials, name=name)
+# ----------------------------------------------------------------------------- the artifact
 
 
 def load_tokenizer(profile: str) -> Tokenizer:
     """The course tokenizer that notebook 04 saved for this profile (artifact `bpe-tokenizer`)."""
-    from . import artifacts
+    from ..core import artifacts
 
     art = artifacts.load(ARTIFACT, profile=profile)
     tok = Tokenizer.loads(art.text(FILENAME))

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
-from . import data
+from ..core import data
 
 DOMAINS = ("tinystories", "shakespeare", "wikitext", "arxiv", "code", "dialogue")
 DEFAULT_CAP = 2_000_000  # bytes per domain: six domains make about 10 MB

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# shared/nanolm/paths.py -> the repository root is two folders up from shared/.
-ROOT = Path(__file__).resolve().parents[2]
+# shared/nanolm/core/paths.py -> the repository root is three folders up from core/.
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def data_dir() -> Path:

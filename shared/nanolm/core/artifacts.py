@@ -13,7 +13,6 @@ and refuses one that differs from its manifest.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
-from .files import sha256_bytes, write_bytes_atomic, write_json_atomic
+from .files import recover_folder, sha256_bytes, write_folder_atomic, write_json_atomic
 from .syllabus import producer_of
 
 TENSORS = "tensors.safetensors"
@@ -109,18 +108,7 @@ def save(
     }
     json.dumps(manifest)  # fail here, before touching disk, if config/metrics are not JSON
     final = artifact_dir(name, profile, root)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stamp = f"{time.time_ns()}"
-    tmp = final.parent / f".{final.name}.tmp-{stamp}"
-    tmp.mkdir()
-    try:
-        for fn, b in blobs.items():
-            write_bytes_atomic(tmp / fn, b)
-        write_json_atomic(tmp / MANIFEST, manifest)
-        _swap_in(tmp, final, stamp)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    write_folder_atomic(final, {**blobs, MANIFEST: _json_bytes(manifest)}, marker=MANIFEST)
     return Artifact(name, profile, final, manifest, blobs)
 
 
@@ -216,23 +204,12 @@ def _encode_files(files: dict) -> dict[str, bytes]:
     return blobs
 
 
-def _swap_in(tmp: Path, final: Path, stamp: str) -> None:
-    """Replace `final` by `tmp` with two renames; _recover() mends a crash between them."""
-    old = final.parent / f".{final.name}.old-{stamp}"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _recover(folder: Path) -> None:
-    """If a save died after moving the old artifact aside, put the newest old copy back."""
-    if folder.exists() or not folder.parent.exists():
-        return
-    olds = sorted(folder.parent.glob(f".{folder.name}.old-*"))
-    if olds and (olds[-1] / MANIFEST).exists():
-        olds[-1].rename(folder)
+    recover_folder(folder, MANIFEST)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _git_commit() -> str:

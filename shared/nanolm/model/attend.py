@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+ATTENTION_MODES = ("auto", "sdpa", "manual", "tiled")
+
 try:  # the CUDA kernel of Dao et al.; optional
     from flash_attn import flash_attn_func as _flash_attn_func
 except ImportError:  # pragma: no cover - depends on the machine
@@ -103,6 +105,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
                                dropout_p=dropout_p, softmax_scale=scale, causal=causal)
         return out.transpose(1, 2)
     return sdpa_attention(q, k, v, causal, dropout_p, scale)
+
+
+def run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "auto",
+                  dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
+    """Causal attention of q (B, H, Tq, D) over k, v (B, Hkv, Tk, D), Tk >= Tq, through one of ATTENTION_MODES."""
+    if mode == "auto":
+        return attention(q, k, v, causal=True, dropout_p=dropout_p, scale=scale)
+    if mode == "sdpa":
+        return sdpa_attention(q, k, v, causal=True, dropout_p=dropout_p, scale=scale)
+    if dropout_p:
+        raise ValueError(f"attention mode {mode!r} has no dropout; use 'auto' or 'sdpa' to train with dropout")
+    if mode == "manual":
+        return naive_attention(q, k, v, causal=True, scale=scale)
+    if mode == "tiled":
+        return tiled_attention(q, k, v, causal=True, scale=scale)
+    raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
 
 
 # ----------------------------------------------------------------------------- tiled, from scratch

@@ -1,0 +1,3 @@
+"""text: from characters to token ids (pre-tokenization, byte-level BPE and its trainer, charset, corpus, shards).
+
+It stands on core only."""
