@@ -97,7 +97,7 @@ def train(run: dict) -> dict:
     from nanolm.text import charset
 
     torch.set_num_threads(1)
-    tok, train_ids, val_ids = charset.load_shakespeare_char("cpu")
+    tok, train_ids, val_ids = charset.load(profile="cpu")
     run = {**BASE, **run}
     ref = run.pop("equal_time", None)
     if ref:  # as many steps as fit in the time the reference shape takes for its steps

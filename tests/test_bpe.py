@@ -254,7 +254,7 @@ def test_corrupt_tokenizer_file(tok, mangle, message):
 def test_load_tokenizer_missing_artifact_names_the_notebook(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOLM_CHECKPOINTS", str(tmp_path))
     with pytest.raises(Exception, match="04_tokenization"):
-        bpe.load_tokenizer("smoke")
+        bpe.load(profile="smoke")
 
 
 # ----------------------------------------------------------------------------- corpus

@@ -75,10 +75,10 @@ def test_artifact_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOLM_CHECKPOINTS", str(tmp_path))
     tok = charset.CharTokenizer.from_text(TEXT)
     train, val = charset.split_ids(tok.encode_tensor(TEXT))
-    charset.save_shakespeare_char(tok, train, val, notebook="03_sequence_models", profile="smoke",
+    charset.save("shakespeare-char", tok, train, val, notebook="03_sequence_models", profile="smoke",
                                   config={"split": 0.9})
     assert (tmp_path / "smoke" / "shakespeare-char" / "manifest.json").exists()
-    tok2, train2, val2 = charset.load_shakespeare_char("smoke")
+    tok2, train2, val2 = charset.load(profile="smoke")
     assert tok2 == tok
     assert train2.dtype == val2.dtype == torch.long
     assert torch.equal(train2, train) and torch.equal(val2, val)
@@ -87,12 +87,12 @@ def test_artifact_round_trip(tmp_path, monkeypatch):
     assert art.json("vocab.json") == tok.chars
     # another profile has no artifact: the error names the notebook to run
     with pytest.raises(artifacts.ArtifactError, match="03_sequence_models"):
-        charset.load_shakespeare_char("cpu")
+        charset.load(profile="cpu")
 
 
 def test_artifact_with_ids_outside_vocab_is_refused(tmp_path):
     tok = charset.CharTokenizer.from_text("ab")
     bad = torch.tensor([0, 1, 5])
-    charset.save_shakespeare_char(tok, bad, bad, notebook="03_sequence_models", profile="smoke", root=tmp_path)
+    charset.save("shakespeare-char", tok, bad, bad, notebook="03_sequence_models", profile="smoke", root=tmp_path)
     with pytest.raises(artifacts.ArtifactError, match="do not fit"):
-        charset.load_shakespeare_char("smoke", root=tmp_path)
+        charset.load(profile="smoke", root=tmp_path)

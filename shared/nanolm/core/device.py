@@ -1,9 +1,11 @@
-"""Device choice and seeding."""
+"""Device choice, seeding and thread counts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -39,3 +41,24 @@ def describe(device: torch.device) -> str:
     else:
         name = device.type
     return f"{name}, torch {torch.__version__.split('+')[0]}"
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """Run the block on n CPU threads, then restore the previous count (None: leave it as it is).
+
+    Threads are a per-task choice: on a 2-core machine a tiny model or token-by-token decoding runs
+    faster on one thread (splitting a small matrix product costs more than it saves), while large
+    batched matrix products gain from two. Measure, then choose per task, not once per notebook.
+    """
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -18,6 +18,7 @@ from typing import Literal
 
 import regex
 
+from ..core import artifacts
 from ..core.files import write_bytes_atomic
 from .pretokenize import PATTERNS, TokenizerError, compiled, pattern_regex, utf8
 
@@ -368,11 +369,20 @@ class Tokenizer:
 # ----------------------------------------------------------------------------- the artifact
 
 
-def load_tokenizer(profile: str) -> Tokenizer:
-    """The course tokenizer that notebook 04 saved for this profile (artifact `bpe-tokenizer`)."""
-    from ..core import artifacts
+def save(name: str, tokenizer: Tokenizer, *, notebook: str, profile: str, config: dict | None = None,
+         metrics: dict | None = None, root: Path | None = None) -> artifacts.Artifact:
+    """Save a tokenizer as an artifact: its plain-text file (merges + specials) and config (notebook 04)."""
+    if tokenizer.merges is None:
+        raise TokenizerError("only a tokenizer with a merge list (trained or loaded) can be saved")
+    cfg = {"vocab_size": tokenizer.vocab_size, "pattern": tokenizer.pattern,
+           "special_tokens": tokenizer.special_tokens, **(config or {})}
+    return artifacts.save(name, notebook=notebook, profile=profile, files={FILENAME: tokenizer.dumps()},
+                          config=cfg, metrics=metrics, root=root)
 
-    art = artifacts.load(ARTIFACT, profile=profile)
+
+def load(name: str = ARTIFACT, *, profile: str, root: Path | None = None) -> Tokenizer:
+    """The tokenizer saved as artifact `name` (default `bpe-tokenizer`, made by notebook 04), sha256-verified."""
+    art = artifacts.load(name, profile=profile, root=root)
     tok = Tokenizer.loads(art.text(FILENAME))
-    tok.name = f"{ARTIFACT}-{profile}"
+    tok.name = f"{name}-{profile}"
     return tok

@@ -106,7 +106,8 @@ def split_ids(ids: torch.Tensor, train_frac: float = 0.9) -> tuple[torch.Tensor,
     return ids[:n], ids[n:]
 
 
-def save_shakespeare_char(
+def save(
+    name: str,
     tokenizer: CharTokenizer,
     train_ids: torch.Tensor,
     val_ids: torch.Tensor,
@@ -116,10 +117,10 @@ def save_shakespeare_char(
     config: dict | None = None,
     root: Path | None = None,
 ) -> artifacts.Artifact:
-    """Save the vocabulary and the train/val ids as the `shakespeare-char` artifact."""
+    """Save a character vocabulary and its train/val ids as an artifact (notebook 03: `shakespeare-char`)."""
     cfg = {"vocab_size": tokenizer.vocab_size, "n_train": len(train_ids), "n_val": len(val_ids)}
     return artifacts.save(
-        ARTIFACT,
+        name,
         notebook=notebook,
         profile=profile,
         tensors={"train": train_ids.to(torch.int32), "val": val_ids.to(torch.int32)},
@@ -129,18 +130,18 @@ def save_shakespeare_char(
     )
 
 
-def load_shakespeare_char(
-    profile: str, root: Path | None = None
+def load(
+    name: str = ARTIFACT, *, profile: str, root: Path | None = None
 ) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
-    """(tokenizer, train_ids, val_ids) from the `shakespeare-char` artifact; ids as int64 tensors."""
-    art = artifacts.load(ARTIFACT, profile=profile, root=root)
+    """(tokenizer, train_ids, val_ids) from a character artifact (default `shakespeare-char`); ids as int64."""
+    art = artifacts.load(name, profile=profile, root=root)
     tok = CharTokenizer.from_json(art.json(VOCAB_FILE))
     tensors = art.tensors()
     train, val = tensors["train"].long(), tensors["val"].long()
-    for name, t in (("train", train), ("val", val)):
+    for part, t in (("train", train), ("val", val)):
         if t.ndim != 1 or (len(t) and (int(t.min()) < 0 or int(t.max()) >= tok.vocab_size)):
             raise artifacts.ArtifactError(
-                f"artifact {ARTIFACT!r}: {name} ids do not fit its vocabulary of {tok.vocab_size}; "
-                f"re-run {artifacts.producer(ARTIFACT)}"
+                f"artifact {name!r}: {part} ids do not fit its vocabulary of {tok.vocab_size}; "
+                f"re-run {artifacts.producer(name)}"
             )
     return tok, train, val
