@@ -83,3 +83,18 @@ def test_peak_memory_naive_quadratic_tiled_linear():
     assert 3.5 < n2 / n1 < 4.5  # the T x T weights
     assert 1.5 < t2 / t1 < 2.5  # outputs and running sums only
     assert t2 < n2 / 4
+
+
+def test_written_out_attention_has_dropout_tiled_refuses_it():
+    """naive_attention drops weights after the softmax (returning them undropped); the tiled path has no dropout."""
+    q, k, v = (t.detach() for t in _qkv(Tq=8, Tk=8))
+    out, w = attend.naive_attention(q, k, v, return_weights=True)
+    torch.manual_seed(0)
+    dropped, w2 = attend.naive_attention(q, k, v, return_weights=True, dropout_p=0.5)
+    assert torch.equal(w, w2) and not torch.allclose(dropped, out)
+    torch.manual_seed(0)
+    torch.testing.assert_close(dropped, torch.nn.functional.dropout(w, 0.5) @ v)
+    torch.manual_seed(0)
+    torch.testing.assert_close(attend.run_attention(q, k, v, "manual", dropout_p=0.5), dropped)
+    with pytest.raises(ValueError, match="'tiled' has no dropout"):
+        attend.run_attention(q, k, v, "tiled", dropout_p=0.1)

@@ -46,3 +46,15 @@ def test_datasheet_table_order_picks_specific_names_first():
     assert lookup("NVIDIA A100-SXM4-80GB") == 312e12
     assert lookup("NVIDIA L4") == 121e12 and lookup("NVIDIA L40S") == 362.05e12
     assert lookup("NVIDIA H200") == 989.5e12 and lookup("Some Future GPU") is None
+
+
+def test_moe_counts_only_the_active_experts():
+    """An MoE Llama (4 experts, top 2 of half width) costs the FLOPs of its dense twin plus the routers."""
+    from nanolm.model.llama import Llama, LlamaConfig
+
+    base = dict(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    dense, sparse = Llama(LlamaConfig(**base)), Llama(LlamaConfig(**base, n_experts=4, top_k=2))
+    router = 2 * 32 * 4  # n_layer * C * E
+    assert flops.matmul_params(sparse) == flops.matmul_params(dense) + router
+    assert sparse.num_params(active=True) == dense.num_params() + router
+    assert flops.model_flops_per_token(sparse, 16) == flops.model_flops_per_token(dense, 16) + 6 * router

@@ -118,6 +118,9 @@ def test_save_load_round_trip_and_refusals():
 def test_bad_config_and_too_long_input():
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(n_embd=30, n_head=4)
+    for bad in ({"n_head": 0}, {"n_embd": 0}, {"n_layer": -1}):  # sizes are checked before divisibility
+        with pytest.raises(ValueError, match=f"positive.*{next(iter(bad))}"):
+            GPTConfig(**bad)
     with pytest.raises(ValueError, match="unknown keys"):
         GPTConfig.from_dict({**SMALL.to_dict(), "n_kv_head": 2})
     with pytest.raises(ValueError, match="block_size"):
@@ -158,3 +161,33 @@ def test_gradients_of_both_attention_paths_agree():
         grads[mode] = {n: p.grad for n, p in model.named_parameters()}
     for name, g in grads["sdpa"].items():
         torch.testing.assert_close(grads["manual"][name], g, atol=1e-10, rtol=0, msg=name)
+
+
+def test_kv_cache_gives_the_same_logits():
+    """Prefill 6 tokens, one at a time, then a chunk: every logit equals the full forward (float64, 1e-12)."""
+    model = _model().double()
+    idx = _ids()
+    full, _ = model(idx)
+    for mode in ("sdpa", "manual"):
+        model.set_attention(mode)
+        cache = model.new_cache()
+        steps = [model(idx[:, :6], cache=cache)[0]]
+        steps += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(6, 12)]
+        steps.append(model(idx[:, 12:], cache=cache)[0])
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-12, rtol=0)
+        assert cache.length == SMALL.block_size
+        with pytest.raises(ValueError, match="16 cached \\+ 1 new.*block_size 16"):
+            model(idx[:, :1], cache=cache)  # learned positions end at block_size
+
+
+def test_manual_attention_keeps_weights_over_the_cache():
+    """With a cache, a manual step's weights span every cached key: (B, H, 1, L), summing to one."""
+    model = _model().double()
+    model.set_attention("manual", keep_weights=True)
+    cache = model.new_cache()
+    idx = _ids(T=9)
+    model(idx[:, :8], cache=cache)
+    model(idx[:, 8:], cache=cache)
+    w = model.blocks[1].attn.weights
+    assert w.shape == (3, 4, 1, 9)
+    torch.testing.assert_close(w.sum(-1), torch.ones(3, 4, 1, dtype=torch.float64))

@@ -205,6 +205,9 @@ def test_save_load_round_trip_and_refusals():
 def test_bad_configs():
     with pytest.raises(ValueError, match="multiple of n_kv_head"):
         LlamaConfig(n_head=4, n_kv_head=3)
+    for bad in ({"n_head": 0}, {"n_embd": 0}, {"block_size": -1}):  # sizes are checked before divisibility
+        with pytest.raises(ValueError, match=f"positive.*{next(iter(bad))}"):
+            LlamaConfig(**bad)
     with pytest.raises(ValueError, match="pos must be"):
         LlamaConfig(pos="alibi")
     with pytest.raises(ValueError, match="mla"):

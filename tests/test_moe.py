@@ -59,3 +59,26 @@ def test_output_is_the_gated_sum_of_the_chosen_experts():
     assert int(layer.tokens_per_expert.sum()) == 10 * 2
     y.sum().backward()  # the router learns through the gates
     assert layer.router.weight.grad.abs().sum() > 0
+
+
+def test_forward_never_copies_to_the_host(monkeypatch):
+    """Routing counts stay on the device: .cpu(), .item(), .tolist() and friends all raise during forward."""
+    from nanolm.model.llama import Llama, LlamaConfig
+
+    torch.manual_seed(0)
+    layer = moe.MoE(dim=8, hidden=12, n_experts=4, top_k=2, capacity_factor=1.0)
+    model = Llama(LlamaConfig(vocab_size=32, block_size=8, n_layer=2, n_head=2, n_embd=16, n_experts=4))
+    x, idx = torch.randn(3, 5, 8), torch.randint(32, (2, 8))
+
+    def host_sync(*args, **kwargs):
+        raise AssertionError("forward copied a tensor to the host")
+
+    with monkeypatch.context() as m:
+        for name in ("cpu", "item", "tolist", "numpy", "__bool__", "__int__", "__float__"):
+            m.setattr(torch.Tensor, name, host_sync)
+        layer(x)
+        model.train()
+        model(idx, idx)
+    assert layer.expert_counts.device == x.device and int(layer.tokens_per_expert.sum()) == 15 * 2
+    assert layer.tokens_per_expert.device.type == "cpu"  # copied when asked
+    assert "expert_counts" not in layer.state_dict()  # bookkeeping, not a weight

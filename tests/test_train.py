@@ -428,3 +428,60 @@ def test_compare_throughput_runs():
                                    repeats=1)
     assert out["trainer_tok_per_s"] > 0 and out["minimal_tok_per_s"] > 0
     assert math.isclose(out["ratio"], out["trainer_tok_per_s"] / out["minimal_tok_per_s"])
+
+
+TIMINGS = ("tok_per_s", "mfu", "time")  # the only fields a resumed run may log differently
+
+
+def _records(history):
+    return [{k: v for k, v in h.items() if k not in TIMINGS} for h in history]
+
+
+def test_resume_logs_the_same_history(tmp_path):
+    """Stopped at 5 with log_every=3 (and at 7, past the last full window): the same records as one run."""
+    c = cfg(max_steps=8, log_every=3, eval_every=4)
+    full = trainer(tiny_gpt(dropout=0.2), c, val=True)
+    full.run()
+    assert [h["step"] for h in full.history] == [0, 3, 4, 6, 8]
+    for stop in (5, 7):
+        stopped = trainer(tiny_gpt(dropout=0.2), c, val=True)
+        stopped.run(until_step=stop)
+        assert [h["step"] for h in stopped.history if "loss" in h] == [3] + ([6] if stop == 7 else [])
+        stopped.save_checkpoint(tmp_path / "ck")
+        resumed = trainer(tiny_gpt(seed=99, dropout=0.2), c, val=True)
+        resumed.load_checkpoint(tmp_path / "ck")
+        resumed.run()
+        assert _records(resumed.history) == _records(full.history)  # the step-6 line averages steps 4..6
+        assert resumed.losses == full.losses
+    chunked = trainer(tiny_gpt(dropout=0.2), c, val=True)
+    for end in (2, 5, 8):  # one trainer run in pieces logs as one run too
+        chunked.run(until_step=end)
+        assert len(chunked.losses) == end  # every step's loss is read when run returns
+    assert _records(chunked.history) == _records(full.history)
+
+
+def test_checkpoint_without_window_still_loads(tmp_path, monkeypatch):
+    """A checkpoint written before the window was saved: it loads; the next line averages fewer steps."""
+    import json
+
+    t = trainer(c=cfg(max_steps=6, log_every=4))
+    t.run(until_step=5)
+    ck = t.save_checkpoint(tmp_path / "ck")
+    real = loop.read_checkpoint
+
+    def old_format(path):
+        blobs = real(path)
+        meta = json.loads(blobs[loop.TRAINER_FILE])
+        del meta["window"]
+        return {**blobs, loop.TRAINER_FILE: json.dumps(meta).encode()}
+
+    monkeypatch.setattr(loop, "read_checkpoint", old_format)
+    resumed = trainer(c=cfg(max_steps=6, log_every=4))
+    assert resumed.load_checkpoint(ck) == 5
+    resumed.run()
+    assert resumed.history[-1]["loss"] == resumed.losses[-1] and len(resumed.losses) == 6
+
+
+def test_minimal_loop_needs_a_step():
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        train.minimal_loop(tiny_gpt(), ToySource(stream(), 4, 16), 0, cfg())

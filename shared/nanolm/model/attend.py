@@ -60,15 +60,15 @@ def causal_mask(Tq: int, Tk: int, device: torch.device | str | None = None) -> t
 
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-                    scale: float | None = None, return_weights: bool = False):
-    """softmax(q k^T * scale) v, written out: builds the whole (..., Tq, Tk) weight matrix."""
+                    scale: float | None = None, return_weights: bool = False, dropout_p: float = 0.0):
+    """softmax(q k^T * scale) v, written out: builds the whole (..., Tq, Tk) weight matrix (returned before dropout)."""
     k, v = _expand_kv(q, k, v)
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk)
     if causal:
         scores = scores.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
     weights = scores.softmax(dim=-1)
-    out = weights @ v  # (..., Tq, D)
+    out = (F.dropout(weights, dropout_p) if dropout_p else weights) @ v  # (..., Tq, D)
     return (out, weights) if return_weights else out
 
 
@@ -114,11 +114,11 @@ def run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str =
         return attention(q, k, v, causal=True, dropout_p=dropout_p, scale=scale)
     if mode == "sdpa":
         return sdpa_attention(q, k, v, causal=True, dropout_p=dropout_p, scale=scale)
-    if dropout_p:
-        raise ValueError(f"attention mode {mode!r} has no dropout; use 'auto' or 'sdpa' to train with dropout")
     if mode == "manual":
-        return naive_attention(q, k, v, causal=True, scale=scale)
+        return naive_attention(q, k, v, causal=True, scale=scale, dropout_p=dropout_p)
     if mode == "tiled":
+        if dropout_p:
+            raise ValueError("attention mode 'tiled' has no dropout; use 'auto', 'sdpa' or 'manual' to train with it")
         return tiled_attention(q, k, v, causal=True, scale=scale)
     raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
 

@@ -3,14 +3,17 @@
 token + learned position embeddings -> n_layer pre-norm blocks -> final LayerNorm -> linear head
 (tied to the token embedding). Each block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
 
-Attention is causal multi-head attention with one fused QKV projection. It runs through torch's
-F.scaled_dot_product_attention (fused kernels) by default; `model.set_attention("manual")` switches
-to the written-out softmax(QK^T / sqrt(d)) V, which gives the same numbers and can keep the weights
-for plotting. Initialization follows GPT-2: N(0, 0.02) weights, zero biases, and the two projections
-that write into the residual stream scaled by 1/sqrt(2 * n_layer) so the stream's variance does not
-grow with depth.
+Attention is causal multi-head attention with one fused QKV projection, through nanolm.model.attend:
+torch's F.scaled_dot_product_attention (fused kernels) by default; `model.set_attention("manual")`
+switches to the written-out softmax(QK^T / sqrt(d)) V, which gives the same numbers and can keep the
+weights for plotting. A KV cache (nanolm.model.kvcache) makes generation one token per step; the
+generation loop itself (`stream`, `generate`) is nanolm.model.generate, shared with the Llama.
+Initialization follows GPT-2: N(0, 0.02) weights, zero biases, and the two projections that write
+into the residual stream scaled by 1/sqrt(2 * n_layer) so the stream's variance does not grow with
+depth.
 
-Shapes: B batch, T time (<= block_size), C n_embd, H n_head, D = C // H, V vocab_size.
+Shapes: B batch, T time (<= block_size), L positions so far with a KV cache (cached + new), C n_embd,
+H n_head, D = C // H, V vocab_size.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import artifacts
-from .sampling import sample_next
+from .attend import naive_attention, sdpa_attention
+from .generate import GenerationMixin
+from .kvcache import KVCache
 
 
 @dataclass
@@ -39,10 +44,11 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
 
     def __post_init__(self):
+        sizes = {k: getattr(self, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}
+        if bad := {k: v for k, v in sizes.items() if v < 1}:
+            raise ValueError(f"GPTConfig sizes must be positive, got {bad}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if min(self.vocab_size, self.block_size, self.n_layer, self.n_head) < 1:
-            raise ValueError(f"GPTConfig sizes must be positive: {self}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -69,29 +75,25 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.mode = "sdpa"  # or "manual"
         self.keep_weights = False
-        self.weights: torch.Tensor | None = None  # (B, H, T, T) after a manual forward with keep_weights
+        self.weights: torch.Tensor | None = None  # (B, H, T, L) after a manual forward with keep_weights
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); with a cache, keys and values of the L tokens so far (this one last)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         # (B, T, C) -> (B, H, T, D): each head attends in its own D-dim subspace
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, H, L, D)
         p_drop = self.dropout if self.training else 0.0
         if self.mode == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, is_causal=True)
+            y = sdpa_attention(q, k, v, causal=True, dropout_p=p_drop)  # (B, H, T, D)
         else:
-            y = self._manual(q, k, v, p_drop)
+            y, weights = naive_attention(q, k, v, causal=True, dropout_p=p_drop, return_weights=True)
+            if self.keep_weights:
+                self.weights = weights.detach()  # (B, H, T, L), before dropout
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_drop(self.proj(y))
-
-    def _manual(self, q, k, v, p_drop: float) -> torch.Tensor:
-        T = q.size(-2)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, T)
-        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-        weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
-        if self.keep_weights:
-            self.weights = weights.detach()
-        return F.dropout(weights, p_drop) @ v  # (B, H, T, D)
 
 
 class MLP(nn.Module):
@@ -114,12 +116,12 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
+class GPT(GenerationMixin, nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
@@ -143,19 +145,26 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets are given.
 
-        Targets equal to -100 are ignored (the convention of F.cross_entropy), for loss masks.
+        Targets equal to -100 are ignored (the convention of F.cross_entropy), for loss masks. With a
+        cache, idx continues the cached tokens: its positions start at cache.length (at most block_size
+        positions in all: learned positions end there) and its keys and values are appended.
         """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            where = f"{start} cached + {T} new = {start + T} positions" if cache is not None else f"length {T}"
+            raise ValueError(f"sequence of {where} is longer than block_size {self.config.block_size} "
+                             "(learned positions have no embedding beyond it)")
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.advance(T)
         logits = self.head(self.ln_f(x))  # (B, T, V)
         loss = None
         if targets is not None:
@@ -165,8 +174,8 @@ class GPT(nn.Module):
             loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def num_params(self, include_position: bool = True) -> int:
-        """Parameter count (the tied head is counted once); GPT-2 papers exclude position embeddings."""
+    def num_params(self, include_position: bool = True, active: bool = False) -> int:
+        """Parameter count (the tied head once); GPT-2 papers exclude positions; active: as Llama's (all, here)."""
         n = sum(p.numel() for p in self.parameters())
         return n if include_position else n - self.pos_emb.weight.numel()
 
@@ -176,27 +185,6 @@ class GPT(nn.Module):
             raise ValueError(f"attention mode must be 'sdpa' or 'manual', got {mode!r}")
         for block in self.blocks:
             block.attn.mode, block.attn.keep_weights = mode, keep_weights and mode == "manual"
-
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Extend idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens)."""
-        was_training = self.training
-        self.eval()
-        for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size :]  # the model sees at most block_size tokens
-            logits, _ = self(context)
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
-            idx = torch.cat([idx, nxt], dim=1)
-        self.train(was_training)
-        return idx
 
     # ------------------------------------------------------------------ saving and loading
 

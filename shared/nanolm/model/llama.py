@@ -15,7 +15,8 @@ changed since GPT-2 (nanolm.gpt):
   queries, keys and values in one `wqkv`, so that each is one matrix product; `to_hf` splits them.)
 - grouped-query attention: n_head query heads share n_kv_head key/value heads (n_kv_head = n_head is
   multi-head attention, 1 is multi-query attention); optional RMSNorm of queries and keys (qk_norm).
-- no biases anywhere, and a KV cache (nanolm.kvcache) for generation.
+- no biases anywhere, and a KV cache (nanolm.model.kvcache) for generation; the generation loop
+  (`stream`, `generate`) is nanolm.model.generate, shared with the GPT.
 
 Knobs for ablations, each putting back one GPT-2 choice: pos="learned", norm="layer", mlp="gelu",
 bias=True. Parts from later notebook sections: attention="mla" (nanolm.mla, DeepSeek-V2 multi-head
@@ -27,7 +28,6 @@ Shapes: B batch, T time, C n_embd, H n_head, Hkv n_kv_head, D = C // H head size
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -36,11 +36,11 @@ from torch import nn
 
 from ..core import artifacts
 from .attend import ATTENTION_MODES, run_attention
+from .generate import GenerationMixin
 from .kvcache import KVCache
 from .layers import GELUMLP, RMSNorm, SwiGLU, apply_rope, rope_angles, rope_frequencies
 from .mla import LatentAttention
 from .moe import MoE
-from .sampling import sample_next
 
 CHOICES = {"pos": ("rope", "learned", "none"), "norm": ("rms", "layer"), "mlp": ("swiglu", "gelu"),
            "attention": ("gqa", "mla")}
@@ -68,7 +68,7 @@ class LlamaConfig:
     bias: bool = False
     attention: str = "gqa"  # "gqa" (MHA, GQA, MQA) | "mla" (nanolm.mla)
     kv_rank: int = 0  # MLA: width of the shared key/value latent
-    rope_dim: int = 0  # MLA: width of the decoupled RoPE key (shared by all heads)
+    rope_dim: int = 0  # MLA: width of the decoupled RoPE key (shared by all heads); 0 unless pos="rope"
     n_experts: int = 0  # > 0: mixture-of-experts feed-forward (nanolm.moe)
     top_k: int = 2  # MoE: experts per token
     expert_hidden: int | None = None  # MoE: None -> ffn_hidden // top_k (active params = the dense FFN's)
@@ -78,8 +78,9 @@ class LlamaConfig:
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        if min(self.vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd) < 1:
-            raise ValueError(f"LlamaConfig sizes must be positive: {self}")
+        sizes = {k: getattr(self, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}
+        if bad := {k: v for k, v in sizes.items() if v < 1}:
+            raise ValueError(f"LlamaConfig sizes must be positive, got {bad}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kv_head is None:
@@ -90,8 +91,8 @@ class LlamaConfig:
             raise ValueError(f"RoPE needs an even head size, got {self.head_dim}")
         if self.ffn_hidden is None:
             self.ffn_hidden = 8 * round(self.n_embd / 3) if self.mlp == "swiglu" else 4 * self.n_embd
-        if self.attention == "mla" and (self.kv_rank < 1 or self.rope_dim < 2 or self.rope_dim % 2):
-            raise ValueError("attention='mla' needs kv_rank >= 1 and an even rope_dim >= 2")
+        if self.attention == "mla":
+            self._check_mla()
         if self.n_experts:
             if not 1 <= self.top_k <= self.n_experts:
                 raise ValueError(f"top_k must be in [1, n_experts={self.n_experts}], got {self.top_k}")
@@ -99,6 +100,16 @@ class LlamaConfig:
                 self.expert_hidden = max(1, self.ffn_hidden // self.top_k)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def _check_mla(self) -> None:
+        """MLA needs a latent (kv_rank >= 1) and a decoupled RoPE key (even rope_dim >= 2) exactly when pos='rope'."""
+        if self.kv_rank < 1:
+            raise ValueError(f"attention='mla' needs kv_rank >= 1, got {self.kv_rank}")
+        if self.pos == "rope" and (self.rope_dim < 2 or self.rope_dim % 2):
+            raise ValueError(f"attention='mla' with pos='rope' needs an even rope_dim >= 2, got {self.rope_dim}")
+        if self.pos != "rope" and self.rope_dim:
+            raise ValueError(f"attention='mla' with pos={self.pos!r} rotates nothing: set rope_dim=0 "
+                             f"(got {self.rope_dim}); the decoupled RoPE key exists only with pos='rope'")
 
     @property
     def head_dim(self) -> int:
@@ -190,7 +201,7 @@ class Block(nn.Module):
 RESIDUAL_PROJECTIONS = ("attn.wo.weight", "ffn.down.weight", "ffn.proj.weight")  # write into the residual stream
 
 
-class Llama(nn.Module):
+class Llama(GenerationMixin, nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.config = cfg
@@ -252,9 +263,12 @@ class Llama(nn.Module):
                 loss = loss + self.config.aux_loss_coef * self.aux_loss
         return logits, loss
 
-    def num_params(self, active: bool = False) -> int:
-        """Parameter count (a tied head counted once); active=True counts top_k of the n_experts experts."""
+    def num_params(self, include_position: bool = True, active: bool = False) -> int:
+        """Parameter count (a tied head once); include_position=False leaves out a learned position table;
+        active=True counts top_k of the n_experts experts (the parameters one token uses)."""
         n = sum(p.numel() for p in self.parameters())
+        if not include_position and self.pos_emb is not None:
+            n -= self.pos_emb.weight.numel()
         if active and self.config.n_experts:
             per_expert = sum(p.numel() for p in self.blocks[0].ffn.experts[0].parameters())
             n -= self.config.n_layer * (self.config.n_experts - self.config.top_k) * per_expert
@@ -266,57 +280,6 @@ class Llama(nn.Module):
             raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
         for block in self.blocks:
             block.attn.mode = mode
-
-    def new_cache(self, max_len: int | None = None) -> KVCache:
-        """An empty KV cache for up to max_len positions (default block_size)."""
-        return KVCache(self.config.n_layer, max_len or self.config.block_size)
-
-    @torch.no_grad()
-    def stream(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-    ) -> Iterator[torch.Tensor]:
-        """Yield max_new_tokens sampled tokens (B, 1) one at a time, continuing idx (B, T).
-
-        Without the cache every step re-runs the model on the last block_size tokens. With it, the
-        prompt is run once (prefill) and then one token per step; both give the same logits while the
-        text fits in block_size. When the cache is full it is rebuilt from the last block_size // 2
-        tokens, so the model always sees between block_size / 2 and block_size tokens.
-        """
-        was_training = self.training
-        self.eval()
-        bs = self.config.block_size
-        cache = self.new_cache(bs) if use_cache else None
-        logits = None
-        try:
-            for _ in range(max_new_tokens):
-                if cache is None:
-                    logits, _ = self(idx[:, -bs:])
-                elif logits is None:  # prefill: the prompt's keys and values in one pass
-                    logits, _ = self(idx[:, -bs:], cache=cache)
-                elif cache.length == cache.max_len:  # full: start again from the recent half
-                    cache.reset()
-                    logits, _ = self(idx[:, -(bs // 2):], cache=cache)
-                else:
-                    logits, _ = self(idx[:, -1:], cache=cache)  # one new token
-                nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
-                idx = torch.cat([idx, nxt], dim=1)
-                yield nxt
-        finally:
-            self.train(was_training)
-
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, generator: torch.Generator | None = None,
-                 use_cache: bool = True) -> torch.Tensor:
-        """Extend idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens); see `stream`."""
-        new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache))
-        return torch.cat([idx, *new], dim=1)
 
     # ------------------------------------------------------------------ saving and loading
 

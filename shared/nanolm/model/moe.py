@@ -15,6 +15,10 @@ It is 1 when both are uniform and grows as load concentrates (up to E when one e
 An optional capacity (capacity_factor * N * k / E slots per expert) drops the overflow tokens of an
 expert, in token order; a dropped token gets nothing from that expert (the residual carries it on).
 
+The forward pass never copies to the host on purpose: the routing counts of the last call stay on the
+device (`expert_counts`) and are copied only when read (`tokens_per_expert`). (Gathering each expert's
+tokens with nonzero() still waits for the device on a GPU: the number of tokens sets a tensor's shape.)
+
 Shapes: N tokens (B * T flattened), C width, E n_experts, k top_k.
 """
 
@@ -48,7 +52,7 @@ def capacity(n_tokens: int, n_experts: int, k: int, factor: float) -> int:
 
 
 class MoE(nn.Module):
-    """Top-k routed SwiGLU experts, (..., C) -> (..., C); keeps aux_loss and tokens_per_expert of the last call."""
+    """Top-k routed SwiGLU experts, (..., C) -> (..., C); keeps aux_loss and the routing counts of the last call."""
 
     def __init__(self, dim: int, hidden: int, n_experts: int, top_k: int = 2, bias: bool = False,
                  capacity_factor: float | None = None):
@@ -59,8 +63,14 @@ class MoE(nn.Module):
         self.router = nn.Linear(dim, n_experts, bias=False)
         self.experts = nn.ModuleList(SwiGLU(dim, hidden, bias) for _ in range(n_experts))
         self.aux_loss = torch.tensor(0.0)
-        self.tokens_per_expert = torch.zeros(n_experts, dtype=torch.long)  # slots routed, before capacity
+        # (E,) token-slots routed to each expert in the last call, before capacity: kept on the device
+        self.register_buffer("expert_counts", torch.zeros(n_experts, dtype=torch.long), persistent=False)
         self.dropped = 0  # token-slots over capacity in the last call
+
+    @property
+    def tokens_per_expert(self) -> torch.Tensor:
+        """(E,) token-slots routed to each expert in the last call (before capacity), copied to the CPU."""
+        return self.expert_counts.cpu()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -68,7 +78,7 @@ class MoE(nn.Module):
         probs, gates, experts = route(self.router(flat), self.top_k)  # (N, E), (N, k), (N, k)
         self.aux_loss = balance_loss(probs, experts)
         E = len(self.experts)
-        self.tokens_per_expert = torch.bincount(experts.flatten(), minlength=E).detach().cpu()
+        self.expert_counts = torch.bincount(experts.flatten(), minlength=E).detach()  # stays on the device
         cap = capacity(flat.size(0), E, self.top_k, self.capacity_factor) if self.capacity_factor else None
         self.dropped = 0
         out = torch.zeros_like(flat)

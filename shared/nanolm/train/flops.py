@@ -14,7 +14,9 @@ tokens/s times the FLOPs one token costs. For training a decoder-only transforme
   the usual estimate does.
 N counts the weights used in matmuls: every parameter except embedding tables that are only read
 (a learned position embedding); a token embedding tied to the output head is counted, since the
-head is a matmul. Norm gains and biases are in N too: they are tiny.
+head is a matmul. Norm gains and biases are in N too: they are tiny. A mixture-of-experts layer
+(nanolm.model.moe) sends each token through top_k of its n_experts experts, so N counts top_k experts
+per layer (the active parameters) plus the router, not all of them.
 
 The peak: on CUDA, a table of datasheet dense bf16/fp16 tensor-core peaks for common GPUs (the
 number MFU is usually quoted against); elsewhere, or for an unknown GPU, the best FLOP/s of a
@@ -28,6 +30,8 @@ import time
 
 import torch
 from torch import nn
+
+from ..model.moe import MoE
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA datasheets, FLOP/s. First match wins,
 # so more specific names come first. fp16 peaks are the same on these GPUs.
@@ -53,13 +57,19 @@ GPU_PEAK_BF16: list[tuple[str, float]] = [
 
 
 def matmul_params(model: nn.Module) -> int:
-    """Parameters that take part in a matmul per token: all, minus embedding tables that are only read."""
+    """Parameters one token runs through a matmul: all, minus embedding tables that are only read and
+    minus the experts of an MoE layer that the token does not visit (it visits top_k)."""
     params = {id(p): p for p in model.parameters()}  # a tied weight counts once
     linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
     lookup_only = {
         id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and id(m.weight) not in linear
     }
-    return sum(p.numel() for i, p in params.items() if i not in lookup_only)
+    n = sum(p.numel() for i, p in params.items() if i not in lookup_only)
+    for m in model.modules():
+        if isinstance(m, MoE):  # experts are equal in size: n_experts - top_k of them sit idle per token
+            per_expert = sum(p.numel() for p in m.experts[0].parameters())
+            n -= (len(m.experts) - m.top_k) * per_expert
+    return n
 
 
 def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int, training: bool = True) -> float:

@@ -14,15 +14,18 @@ The design, in the order a step runs:
   step of a 4-layer, 128-wide GPT took 62 ms vs 60 ms in fp32 (the casts eat the gain) and rounds
   more, so "auto" keeps fp32 on CPU. (CPUs without bf16 units are far slower still in bf16.)
 - The hot path never waits for the device: losses stay on it as tensors and are read (.tolist(),
-  one sync) only at log steps; evaluation, logging and checkpoints happen between steps.
+  one sync) only at log steps, checkpoints and the end of a `run`; evaluation, logging and checkpoints
+  happen between steps. Progress lines come every `log_every` steps and at max_steps, however the run
+  is cut into `run(until_step=...)` calls, and each averages the steps since the previous line.
 - Every `eval_every` steps each named validation source gets `eval_batches` batches; its state is
   restored afterwards, so every evaluation sees the same batches and the curves are comparable.
 - A checkpoint is a folder without pickle: model.safetensors, optimizer.safetensors (the optimizer's
   tensors by name) + optimizer.json (the rest), trainer.json (step, config, data position, RNG
-  states, history) and manifest.json (sha256 of each file). It is written into a temporary folder,
-  fsynced, and swapped in by renames, so a crash mid-save leaves the previous checkpoint loadable.
-  Loading checks every hash and the model's shapes and config, and refuses a mismatch.
-A run stopped at step k and resumed from its checkpoint gives bit-identical losses (tests pin it).
+  states, history, the steps since the last progress line) and manifest.json (sha256 of each file).
+  It is written into a temporary folder, fsynced, and swapped in by renames, so a crash mid-save
+  leaves the previous checkpoint loadable. Loading checks every hash, the model's shapes and config.
+A run stopped at step k and resumed from its checkpoint gives bit-identical losses and the same
+history (step, loss, lr, tokens, grad norm, validation; not the timings). Tests pin both.
 
 Use:
     cfg = TrainConfig(max_steps=2000, lr=6e-4, eval_every=100, checkpoint_every=500, checkpoint_dir="run")
@@ -96,9 +99,10 @@ def progress_line(step: int, max_steps: int, loss: float, lr: float, tok_per_s: 
 
 @dataclass
 class _Window:
-    """What happened since the last progress line (losses stay on the device until then)."""
+    """What happened since the last progress line: its losses (still on the device, or read), tokens, seconds."""
 
-    losses: list[torch.Tensor] = field(default_factory=list)
+    pending: list[torch.Tensor] = field(default_factory=list)  # losses not yet read from the device
+    losses: list[float] = field(default_factory=list)  # losses read (at a checkpoint or the end of a run)
     tokens: int = 0
     seconds: float = 0.0
 
@@ -157,13 +161,13 @@ class Trainer:
             self._eval_and_record(on_eval)
         t0 = time.perf_counter()
         while self.step < end:
-            last = self.step + 1 == end
-            do_log = (self.step + 1) % cfg.log_every == 0 or last
+            last = self.step + 1 == end  # the end of this call (a progress line only if it is max_steps)
+            do_log = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == cfg.max_steps
             self._train_step(want_norm=do_log)
             do_eval = bool(cfg.eval_every and self.val_sources) and (
                 self.step % cfg.eval_every == 0 or self.step == cfg.max_steps)
             do_save = bool(cfg.checkpoint_every) and (self.step % cfg.checkpoint_every == 0 or last)
-            if do_log or do_eval or do_save:
+            if do_log or do_eval or do_save or last:
                 sync(self.device)
                 self._window.seconds += time.perf_counter() - t0
                 if do_log:
@@ -173,6 +177,7 @@ class Trainer:
                 if do_save:
                     self.save_checkpoint(Path(cfg.checkpoint_dir) / "last")
                 t0 = time.perf_counter()  # evaluation and checkpoints are not training time
+        self._read_losses()  # every step's loss is in self.losses when run returns
         if self._writer is not None:
             self._writer.flush()
         return self.history
@@ -203,7 +208,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._window.losses.append(total)
+        self._window.pending.append(total)
         self.step += 1
 
     def _clip(self, want_norm: bool) -> torch.Tensor | None:
@@ -214,11 +219,20 @@ class Trainer:
             return clip_grad_norm(self.model, self.cfg.grad_clip)
         return grad_norm(self.model) if want_norm else None  # without clipping: only for log lines
 
+    def _read_losses(self) -> None:
+        """Copy the window's pending losses from the device (one sync) into the window and self.losses."""
+        w = self._window
+        if w.pending:
+            values = torch.stack(w.pending).tolist()
+            w.pending = []
+            w.losses.extend(values)
+            self.losses.extend(values)
+
     def _log(self) -> None:
-        """Read the window's losses (one device sync), print a progress line, record it."""
+        """Read the window's losses, print a progress line of their mean, record it; start a new window."""
+        self._read_losses()
         w, self._window = self._window, _Window()
-        losses = torch.stack(w.losses).tolist()
-        self.losses.extend(losses)
+        losses = w.losses
         self.elapsed += w.seconds
         tok_s = w.tokens / max(w.seconds, 1e-9)
         mfu = self._mfu(tok_s)
@@ -337,7 +351,10 @@ class Trainer:
             self.scaler.load_state_dict(meta["scaler"])
         self.train_source.load_state_dict(meta["data"])
         set_rng_state(meta["rng"])
-        self._window = _Window()
+        window = meta.get("window") or {}  # older checkpoints have none: the next line averages fewer steps
+        self._window = _Window(losses=list(window.get("losses", [])), tokens=window.get("tokens", 0),
+                               seconds=window.get("seconds", 0.0))
+        self.elapsed -= self._window.seconds  # "elapsed" counts the window too; it is added at its line
         return self.step
 
     def _checkpoint_blobs(self) -> dict[str, bytes]:
@@ -345,15 +362,16 @@ class Trainer:
 
         tensors, aliases = dedupe_tensors(self.model.state_dict())
         opt_tensors, opt_meta = flatten_optimizer(self.optimizer.state_dict())
-        pending = self._window.losses  # steps since the last progress line: not yet read
-        losses = self.losses + (torch.stack(pending).tolist() if pending else [])
+        self._read_losses()
+        w = self._window  # the steps since the last progress line: their line comes after the resume
         meta = {
             "format": FORMAT, "version": VERSION, "step": self.step, "tokens_seen": self.tokens_seen,
-            "elapsed": self.elapsed + self._window.seconds, "precision": self.precision,
+            "elapsed": self.elapsed + w.seconds, "precision": self.precision,
             "train_config": _jsonable(asdict(self.cfg)), "model": model_signature(self.model, aliases),
             "data": self.train_source.state_dict(), "rng": get_rng_state(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "history": self.history, "losses": losses,
+            "history": self.history, "losses": self.losses,
+            "window": {"losses": w.losses, "tokens": w.tokens, "seconds": w.seconds},
         }
         return {
             MODEL_FILE: st_save(tensors),
