@@ -100,7 +100,7 @@ def test_param_count_matches_formula():
 
 def test_save_load_round_trip_and_refusals():
     model = _model()
-    gpt.save(model, "gpt-char", notebook="07_gpt", profile="smoke", metrics={"val_loss": 1.5})
+    gpt.save("gpt-char", model, notebook="07_gpt", profile="smoke", metrics={"val_loss": 1.5})
     loaded, art = gpt.load("gpt-char", profile="smoke")
     assert art.metrics["val_loss"] == 1.5
     idx = _ids()

@@ -182,7 +182,7 @@ def test_loss_ignores_minus_100_and_moe_aux_only_in_training():
 
 def test_save_load_round_trip_and_refusals():
     model = _model()
-    llama.save(model, "base", notebook="09_modern_architecture", profile="smoke", metrics={"val_loss": 3.0})
+    llama.save("base", model, notebook="09_modern_architecture", profile="smoke", metrics={"val_loss": 3.0})
     loaded, art = llama.load("base", profile="smoke")
     assert art.config["model"] == "llama" and art.metrics["val_loss"] == 3.0
     idx = _ids()
@@ -194,7 +194,7 @@ def test_save_load_round_trip_and_refusals():
         Llama.from_tensors(SMALL, bad)
     with pytest.raises(ValueError, match="unknown keys"):
         LlamaConfig.from_dict({**SMALL.to_dict(), "n_positions": 9})
-    gpt.save(gpt.GPT(gpt.GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)), "gpt-base",
+    gpt.save("gpt-base", gpt.GPT(gpt.GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)),
              notebook="08_pretraining", profile="smoke")
     with pytest.raises(ValueError, match="does not hold a Llama"):
         llama.load("gpt-base", profile="smoke")

@@ -89,8 +89,8 @@ def test_artifacts_of_the_syllabus_row(path):
     saves, loads = SYLLABUS[path.stem]
     source = "\n".join(_src(c) for c in _load(path)["cells"] if c["cell_type"] == "code")
     for name in saves:
-        # artifacts.save("name", ...) or a model's gpt.save(model, "name", ...)
-        saved = rf"""save\(\s*(?:[\w.()]+,\s*)?f?["']{re.escape(name)}["']"""
+        # every save takes the artifact's name first: bpe.save("name", tok, ...), artifacts.save("name", ...)
+        saved = rf"""\.save\(\s*(?:#[^\n]*\n\s*)?f?["']{re.escape(name)}["']"""
         assert re.search(saved, source), f"{path.stem} must save {name!r}"
     for name in loads:
         assert f'"{name}' in source or f"'{name}" in source, f"{path.stem} must load {name!r}"

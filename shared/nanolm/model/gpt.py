@@ -207,7 +207,7 @@ class GPT(GenerationMixin, nn.Module):
         return model
 
 
-def save(model: GPT, name: str, *, notebook: str, profile: str, metrics: dict | None = None,
+def save(name: str, model: GPT, *, notebook: str, profile: str, metrics: dict | None = None,
          files: dict | None = None) -> artifacts.Artifact:
     """Save a GPT as an artifact: safetensors weights + its config {"model": "gpt", ...} (+ metrics, files)."""
     return artifacts.save_model(model, name, "gpt", notebook=notebook, profile=profile, metrics=metrics,
