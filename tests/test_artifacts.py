@@ -135,3 +135,113 @@ def test_unreadable_manifest_is_refused():
 def test_manifest_is_plain_json():
     art = _save()
     assert json.loads((art.path / "manifest.json").read_text())["name"] == "base"
+
+
+# ----------------------------------------------------------------------------- a manifest is not trusted
+
+
+def _edit_manifest(art, change, reseal=False):
+    """Edit manifest.json by hand; reseal=True also fixes its sha256, as a crafted manifest would."""
+    mpath = art.path / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    change(manifest)
+    if reseal:
+        manifest = getattr(artifacts, "seal", lambda m: m)(manifest)
+    mpath.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("escape", ["../../x", "../base2/x", "/etc/hostname", ".hidden", "sub/x", ".."])
+def test_manifest_names_outside_the_folder_are_refused(escape, isolated_checkpoints):
+    art = _save()
+    secret = b"a file outside the artifact"
+    (isolated_checkpoints / "x").write_bytes(secret)  # what checkpoints/smoke/base/../../x points at
+    entry = {"sha256": files.sha256_bytes(secret), "bytes": len(secret)}
+    _edit_manifest(art, lambda m: m["files"].__setitem__(escape, entry), reseal=True)
+    with pytest.raises(ArtifactError, match="not a plain file name.*Re-run"):
+        artifacts.load("base", profile="smoke")
+
+
+@pytest.mark.parametrize("key, value", [("rope_theta", 500_000.0), ("norm_eps", 1e-3), ("top_k", 1),
+                                        ("dropout", 0.5)])
+def test_an_edited_config_in_the_manifest_is_refused(key, value):
+    config = {"rope_theta": 10_000.0, "norm_eps": 1e-5, "top_k": 50, "dropout": 0.0}
+    art = artifacts.save("gpt-base", notebook="08_pretraining", profile="smoke",
+                         tensors={"w": torch.zeros(2)}, config=config)
+    _edit_manifest(art, lambda m: m["config"].__setitem__(key, value))
+    with pytest.raises(ArtifactError, match="manifest.json was edited.*08_pretraining"):
+        artifacts.load("gpt-base", profile="smoke")
+
+
+def test_edited_metrics_and_profile_are_refused_and_update_metrics_keeps_the_seal():
+    art = _save()
+    artifacts.update_metrics("base", profile="smoke", metrics={"tokens_per_s": 100})
+    assert artifacts.load("base", profile="smoke").metrics["tokens_per_s"] == 100
+    _edit_manifest(art, lambda m: m["metrics"].__setitem__("val_loss", 0.1))
+    with pytest.raises(ArtifactError, match="manifest.json was edited"):
+        artifacts.load("base", profile="smoke")
+    with pytest.raises(ArtifactError, match="manifest.json was edited"):  # update_metrics never launders an edit
+        artifacts.update_metrics("base", profile="smoke", metrics={"x": 1})
+    moved = _save()  # a smoke artifact copied under cpu/ is not a cpu artifact
+    _edit_manifest(moved, lambda m: m.__setitem__("profile", "cpu"), reseal=True)
+    with pytest.raises(ArtifactError, match="profile 'cpu'"):
+        artifacts.load("base", profile="smoke")
+
+
+def test_a_manifest_without_its_seal_is_refused():
+    art = _save()
+    _edit_manifest(art, lambda m: m.pop("manifest_sha256", None))
+    with pytest.raises(ArtifactError, match="manifest.json was edited.*re-run 09_modern_architecture"):
+        artifacts.load("base", profile="smoke")
+
+
+def test_listed_sizes_and_shapes_of_entries_are_checked():
+    art = _save()
+    _edit_manifest(art, lambda m: m["files"]["raw.bin"].pop("sha256"), reseal=True)
+    with pytest.raises(ArtifactError, match="unreadable"):
+        artifacts.load("base", profile="smoke")
+
+
+# ----------------------------------------------------------------------------- profiles name folders
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "auto", "", "smoke/../cpu"])
+def test_every_entry_point_checks_the_profile(bad, isolated_checkpoints):
+    _save()
+    calls = [lambda: artifacts.artifact_dir("base", bad),
+             lambda: artifacts.save("base", notebook="x", profile=bad, files={"a.txt": "a"}),
+             lambda: artifacts.load("base", profile=bad),
+             lambda: artifacts.exists("base", profile=bad),
+             lambda: artifacts.update_metrics("base", profile=bad, metrics={"a": 1})]
+    for call in calls:
+        with pytest.raises(ValueError, match="smoke, cpu, gpu"):
+            call()
+    assert sorted(p.name for p in isolated_checkpoints.iterdir()) == ["smoke"], "nothing written elsewhere"
+
+
+# ----------------------------------------------------------------------------- big files: hashed once, mapped
+
+
+def test_lazy_files_are_not_read_but_verified_when_opened(monkeypatch):
+    import numpy as np
+
+    blob = np.arange(1000, dtype="<u2").tobytes()
+    art = artifacts.save("token-shards", notebook="08_pretraining", profile="smoke",
+                         files={"a.bin": blob, "empty.bin": b"", "index.json": {"n": 1}})
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: pytest.fail(f"read {p.name}") if p.suffix == ".bin"
+                        else real(p))
+    art = artifacts.load("token-shards", profile="smoke", lazy=lambda fn: fn.endswith(".bin"))
+    assert art.files() == ["a.bin", "empty.bin", "index.json"]
+    mm = art.memmap("a.bin", "<u2")
+    assert isinstance(mm, np.memmap) and not mm.flags.writeable and mm[999] == 999
+    assert art.memmap("empty.bin", "<u2").size == 0
+    monkeypatch.setattr(Path, "read_bytes", real)
+    raw = bytearray(blob)
+    raw[7] ^= 1
+    (art.path / "a.bin").write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="sha256 differs.*Refusing"):
+        art.memmap("a.bin", "<u2")
+    with pytest.raises(ArtifactError, match="sha256 differs"):
+        art.bytes("a.bin")
+    with pytest.raises(ArtifactError, match="has no file"):
+        art.memmap("../x.bin")

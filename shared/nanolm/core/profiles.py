@@ -28,6 +28,16 @@ def resolve(profile: str | None = "auto") -> str:
     return name
 
 
+def check(profile: str) -> str:
+    """`profile` if it is one of smoke/cpu/gpu; a profile names a folder, so nothing else may pass."""
+    if not isinstance(profile, str) or profile not in PROFILES:
+        raise ValueError(
+            f"Unknown profile {profile!r}: artifacts and results live under checkpoints/<profile>/, so use one "
+            f"of {', '.join(PROFILES)} (profiles.resolve('auto') picks one)."
+        )
+    return profile
+
+
 def sizes(table: dict[str, dict], profile: str) -> SimpleNamespace:
     """Return the row of a notebook's size table for `profile`, as attributes (cfg.steps)."""
     missing = [p for p in PROFILES if p not in table]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 
-from . import artifacts, paths
-from .files import write_json_atomic
+from . import artifacts, paths, profiles
+from .files import check_plain_name, write_bytes_atomic, write_json_atomic
 
 RESULTS_TAG = "results"
 
@@ -18,6 +19,8 @@ def record(notebook: str, profile: str, *, saves: tuple[str, ...] = (), **metric
     They go to checkpoints/<profile>/results/<notebook>.json and into the manifest of
     each artifact named in `saves` (so `make report` and later notebooks see them).
     """
+    profiles.check(profile)  # both name folders: check them before anything is printed or written
+    check_plain_name(f"{notebook}.json", "notebook")
     for k, v in metrics.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"metric {k!r} is {v}; record finite numbers only")
@@ -57,6 +60,7 @@ def collect(folders: dict[str, Path]) -> dict[str, dict[str, dict]]:
     """{notebook stem: {profile: {"seconds": s, "metrics": {...}}}} from executed notebooks per profile."""
     table: dict[str, dict[str, dict]] = {}
     for profile, folder in folders.items():
+        profiles.check(profile)
         for path in sorted(Path(folder).glob("[0-9][0-9]_*.ipynb")):
             nb = json.loads(path.read_text("utf-8"))
             if profile_of(nb) != profile:
@@ -77,35 +81,33 @@ def fmt_seconds(s: float | None) -> str:
 def report_card(table: dict[str, dict[str, dict]], out_dir: Path) -> Path:
     """Write out_dir/report.md (runtime per profile and headline metrics) with a runtime plot."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    profiles = ["smoke", "cpu", "gpu"]
+    columns = list(profiles.PROFILES)
     lines = [
         "# Course report card",
         "",
         "Runtime of each notebook per profile (papermill) and the headline metrics its `results` cell recorded.",
         "",
-        "| notebook | " + " | ".join(profiles) + " | headline metrics (cpu, else the largest run) |",
-        "|---|" + "---|" * len(profiles) + "---|",
+        "| notebook | " + " | ".join(columns) + " | headline metrics (cpu, else the largest run) |",
+        "|---|" + "---|" * len(columns) + "---|",
     ]
     for stem, per in sorted(table.items()):
         best = next((per[p] for p in ("cpu", "gpu", "smoke") if p in per), {})
         metrics = ", ".join(f"{k}={_short(v)}" for k, v in best.get("metrics", {}).items())
-        secs = [fmt_seconds(per.get(p, {}).get("seconds")) for p in profiles]
+        secs = [fmt_seconds(per.get(p, {}).get("seconds")) for p in columns]
         lines.append(f"| {stem} | " + " | ".join(secs) + f" | {metrics} |")
-    totals = {p: sum(per[p]["seconds"] or 0 for per in table.values() if p in per) for p in profiles}
+    totals = {p: sum(per[p]["seconds"] or 0 for per in table.values() if p in per) for p in columns}
     lines += ["", "Total: " + ", ".join(f"{p} {fmt_seconds(t)}" for p, t in totals.items() if t), ""]
     if table:
-        _runtime_plot(table, profiles, out_dir / "runtimes.png")
+        _runtime_plot(table, columns, out_dir / "runtimes.png")
         lines += ["![seconds per notebook and profile](runtimes.png)", ""]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_bytes_atomic(out_dir / "report.md", "\n".join(lines).encode("utf-8"))
 
 
 def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _runtime_plot(table, profiles, path: Path) -> None:
+def _runtime_plot(table, columns, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,8 +117,8 @@ def _runtime_plot(table, profiles, path: Path) -> None:
 
     stems = sorted(table)
     fig, ax = subplots(width=max(6.0, 0.7 * len(stems) + 2))
-    width = 0.8 / len(profiles)
-    for i, p in enumerate(profiles):
+    width = 0.8 / len(columns)
+    for i, p in enumerate(columns):
         ys = [table[s].get(p, {}).get("seconds") or 0 for s in stems]
         ax.bar([j + i * width for j in range(len(stems))], ys, width, label=p)
     ax.set_xticks([j + width for j in range(len(stems))], [s[:2] for s in stems])
@@ -124,8 +126,10 @@ def _runtime_plot(table, profiles, path: Path) -> None:
     ax.set_ylabel("seconds")
     ax.set_title("Runtime per notebook and profile")
     ax.legend()
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 README_START, README_END = "<!-- syllabus:start -->", "<!-- syllabus:end -->"
@@ -183,7 +187,7 @@ def update_readme(readme: Path) -> None:
                           syllabus_table(stored, paths.ROOT / "build" / "executed" / "smoke", previous))
     if RESULTS_START in text:
         text = _replace_block(text, RESULTS_START, RESULTS_END, results_table(stored))
-    readme.write_text(text, encoding="utf-8")
+    write_bytes_atomic(readme, text.encode("utf-8"))
 
 
 def main(argv: list[str] | None = None) -> None:

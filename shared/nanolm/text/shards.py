@@ -4,8 +4,8 @@
                      documents are joined by <|endoftext|>, the last 5% of each domain is held out
                      (the very split of corpus.pretraining_splits, on which the tokenizer was trained)
     save() / load()  the artifact `token-shards` (09 loads it): raw little-endian uint16 files <domain>.<split>.bin
-                     plus index.json (token counts, the tokenizer's identity); load() verifies sha256
-                     (nanolm.artifacts) and opens every file as a read-only np.memmap
+                     plus index.json (token counts, the tokenizer's identity); load() opens every file
+                     as a read-only np.memmap, verified by hashing that memmap once (nanolm.artifacts)
     RandomWindows    training batches: random windows of T+1 tokens, domains drawn in proportion to
                      their tokens (or given weights), optionally BOS-aligned (a window starts right
                      after an <|endoftext|>); batch i depends only on (seed, i), so state_dict() is two
@@ -201,8 +201,12 @@ class TokenShards:
 
 
 def load(profile: str, *, name: str = ARTIFACT, tokenizer=None, root: Path | None = None) -> TokenShards:
-    """Load `token-shards` (sha256-verified by nanolm.artifacts) and memmap its files read-only."""
-    art = artifacts.load(name, profile=profile, root=root)
+    """Load `token-shards` and memmap its files read-only, each verified by hashing its memmap once.
+
+    index.json is read and checked by nanolm.artifacts; the shard files are never read into memory:
+    Artifact.memmap() hashes the very pages it maps, so a changed shard is refused (sha256 differs).
+    """
+    art = artifacts.load(name, profile=profile, root=root, lazy=lambda fn: fn.endswith(".bin"))
     index = art.json(INDEX)
     if index.get("format") != FORMAT:
         raise ShardError(f"{name}: unknown format {index.get('format')!r}; re-run notebook 08")
@@ -210,12 +214,11 @@ def load(profile: str, *, name: str = ARTIFACT, tokenizer=None, root: Path | Non
     for d in index["order"]:  # the JSON file sorts the keys of "domains"; "order" keeps the saved order
         for split in SPLITS:
             meta = index["domains"][d][split]
-            path = art.path / meta["file"]
-            if path.stat().st_size != 2 * meta["tokens"]:
-                raise ShardError(f"{name}: {meta['file']} holds {path.stat().st_size} bytes, "
-                                 f"the index says {meta['tokens']} tokens")
-            arrays[split][d] = (np.memmap(path, dtype=DTYPE, mode="r") if meta["tokens"]
-                                else np.zeros(0, dtype=DTYPE))
+            size = art.manifest["files"].get(meta["file"], {}).get("bytes")
+            if size != 2 * meta["tokens"]:
+                raise ShardError(f"{name}: {meta['file']} holds {size} bytes, the index says {meta['tokens']} "
+                                 "tokens; re-run notebook 08")
+            arrays[split][d] = art.memmap(meta["file"], DTYPE)
     shards = TokenShards(index, arrays["train"], arrays["val"], art)
     if tokenizer is not None:
         shards.check_tokenizer(tokenizer)

@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.files import recover_folder, sha256_bytes, write_folder_atomic
+from ..core.files import (
+    check_plain_name,
+    read_verified,
+    recover_folder,
+    sha256_bytes,
+    write_folder_atomic,
+)
 
 FORMAT = "nanolm-train-checkpoint"
 VERSION = 1
@@ -191,33 +197,51 @@ def _recover(final: Path) -> None:
     recover_folder(final, MANIFEST)
 
 
+_REDO = "Delete this folder and resume from an earlier checkpoint, or start training from scratch."
+
+
 def read_checkpoint(path: Path) -> dict[str, bytes]:
     """Every file of a checkpoint folder, verified against its manifest's sha256."""
     _recover(path)
-    redo = "Delete this folder and resume from an earlier checkpoint, or start training from scratch."
+    blobs = {}
+    for name, meta in _read_manifest(path)["files"].items():
+        try:
+            blobs[name] = read_verified(path, name, meta)
+        except FileNotFoundError as e:
+            raise CheckpointError(f"checkpoint {path} is incomplete: {e}. {_REDO}") from e
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {path}: {e}, so it was changed or corrupted after it was "
+                                  f"saved. Refusing to load it. {_REDO}") from e
+    missing = {MODEL_FILE, OPTIM_FILE, OPTIM_META, TRAINER_FILE} - set(blobs)
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}. {_REDO}")
+    return blobs
+
+
+def _read_manifest(path: Path) -> dict:
+    """The checkpoint's manifest, checked: its format and version, and plain file names with sha256 and size."""
     mpath = path / MANIFEST
     if not mpath.exists():
         raise CheckpointError(f"no checkpoint at {path} (no {MANIFEST}): save one with "
                               "trainer.save_checkpoint(path), or train from scratch.")
     try:
         manifest = json.loads(mpath.read_text("utf-8"))
-        files = manifest["files"]
-        assert manifest["format"] == FORMAT
-    except (ValueError, KeyError, AssertionError) as e:
+        fmt, version, files = manifest["format"], manifest["version"], manifest["files"]
+        bad = [n for n, m in files.items() if not (isinstance(m.get("sha256"), str) and isinstance(m.get("bytes"), int))]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is unreadable or not a training "
-                              f"checkpoint ({e!r}). {redo}") from e
-    blobs = {}
-    for name, meta in files.items():
-        fpath = path / name
-        if not fpath.exists():
-            raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing. {redo}")
-        data = fpath.read_bytes()
-        if sha256_bytes(data) != meta["sha256"]:
-            raise CheckpointError(
-                f"checkpoint {path}: {name} does not match its manifest (sha256 differs), so it was "
-                f"changed or corrupted after it was saved. Refusing to load it. {redo}")
-        blobs[name] = data
-    missing = {MODEL_FILE, OPTIM_FILE, OPTIM_META, TRAINER_FILE} - set(blobs)
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}. {redo}")
-    return blobs
+                              f"checkpoint ({e!r}). {_REDO}") from e
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} is unreadable: {bad} lack a sha256 or size. {_REDO}")
+    if fmt != FORMAT:
+        raise CheckpointError(f"{path} is not a training checkpoint: its {MANIFEST} says format {fmt!r}, "
+                              f"not {FORMAT!r}. {_REDO}")
+    if version != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version!r}; this nanolm reads version "
+                              f"{VERSION}. Use the nanolm that wrote it, or start training from scratch.")
+    for name in files:  # every listed name must stay inside the folder, whatever its hash says
+        try:
+            check_plain_name(name, "checkpoint file")
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {path}: {e}. Refusing to load it. {_REDO}") from e
+    return manifest
