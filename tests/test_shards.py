@@ -78,7 +78,7 @@ def _save_small(tok, profile="smoke"):
 
 def test_save_load_memmaps_read_only(tok):
     built = _save_small(tok)
-    loaded = shards.load("smoke", tokenizer=tok)
+    loaded = shards.load(profile="smoke", tokenizer=tok)
     assert loaded.domains == ["two", "one"]  # the order they were saved in, not sorted
     assert loaded.eot_id == tok.special(EOT)
     for d in built:
@@ -100,7 +100,7 @@ def test_tampered_shard_is_refused(tok):
     raw[10] ^= 1
     path.write_bytes(bytes(raw))
     with pytest.raises(artifacts.ArtifactError, match="sha256 differs"):
-        shards.load("smoke")
+        shards.load(profile="smoke")
 
 
 def test_shards_are_read_once_through_their_memmap(tok, monkeypatch):
@@ -111,7 +111,7 @@ def test_shards_are_read_once_through_their_memmap(tok, monkeypatch):
     real = Path.read_bytes
     monkeypatch.setattr(Path, "read_bytes", lambda p: pytest.fail(f"{p.name} was read into memory")
                         if p.suffix == ".bin" else real(p))
-    loaded = shards.load("smoke")
+    loaded = shards.load(profile="smoke")
     np.testing.assert_array_equal(loaded.train["one"], built["one"]["train"])
     assert all(f.endswith(".bin") or f == shards.INDEX for f in loaded.artifact.files())
     assert not any(f.endswith(".bin") for f in loaded.artifact._blobs), "no shard bytes are held"
@@ -122,7 +122,7 @@ def test_shard_of_the_wrong_size_is_refused(tok):
     path = artifacts.artifact_dir(shards.ARTIFACT, "smoke") / shards.filename("two", "val")
     path.write_bytes(path.read_bytes()[:-2])
     with pytest.raises(artifacts.ArtifactError, match="sha256 differs"):
-        shards.load("smoke")
+        shards.load(profile="smoke")
 
 
 def _position_coded(start, n=20_000, eot=65_535, seed=0):

@@ -189,7 +189,7 @@ def seal(manifest: dict) -> dict:
     return {**body, SEAL: sha256_bytes(canonical.encode("utf-8"))}
 
 
-def save_model(model, name: str, kind: str, *, notebook: str, profile: str, metrics: dict | None = None,
+def save_model(name: str, model, kind: str, *, notebook: str, profile: str, metrics: dict | None = None,
                files: dict | None = None) -> Artifact:
     """Save a model that has .tensors() and .config.to_dict(); the config records its kind ("gpt", "llama")."""
     return save(name, notebook=notebook, profile=profile, tensors=model.tensors(),

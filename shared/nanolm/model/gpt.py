@@ -210,7 +210,7 @@ class GPT(GenerationMixin, nn.Module):
 def save(name: str, model: GPT, *, notebook: str, profile: str, metrics: dict | None = None,
          files: dict | None = None) -> artifacts.Artifact:
     """Save a GPT as an artifact: safetensors weights + its config {"model": "gpt", ...} (+ metrics, files)."""
-    return artifacts.save_model(model, name, "gpt", notebook=notebook, profile=profile, metrics=metrics,
+    return artifacts.save_model(name, model, "gpt", notebook=notebook, profile=profile, metrics=metrics,
                                 files=files)
 
 

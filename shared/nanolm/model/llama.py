@@ -308,7 +308,7 @@ class Llama(GenerationMixin, nn.Module):
 def save(name: str, model: Llama, *, notebook: str, profile: str, metrics: dict | None = None,
          files: dict | None = None) -> artifacts.Artifact:
     """Save a Llama as an artifact: safetensors weights + its config {"model": "llama", ...} (+ metrics, files)."""
-    return artifacts.save_model(model, name, "llama", notebook=notebook, profile=profile, metrics=metrics,
+    return artifacts.save_model(name, model, "llama", notebook=notebook, profile=profile, metrics=metrics,
                                 files=files)
 
 

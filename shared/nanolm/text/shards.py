@@ -200,7 +200,7 @@ class TokenShards:
         return {d: FixedWindows(a, batch_size, block_size, max_batches, device=device) for d, a in self.val.items()}
 
 
-def load(profile: str, *, name: str = ARTIFACT, tokenizer=None, root: Path | None = None) -> TokenShards:
+def load(name: str = ARTIFACT, *, profile: str, tokenizer=None, root: Path | None = None) -> TokenShards:
     """Load `token-shards` and memmap its files read-only, each verified by hashing its memmap once.
 
     index.json is read and checked by nanolm.artifacts; the shard files are never read into memory:
