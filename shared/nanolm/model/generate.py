@@ -70,7 +70,9 @@ def stream(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temperat
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     stop_ids = _stop_ids(stop, idx.device)
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # rows that produced a stop token
-    cache = model.new_cache(model.config.block_size) if use_cache else None
+    # the cache holds what this call can reach: a short answer never allocates block_size positions
+    span = min(model.config.block_size, idx.size(1) + max_new_tokens)
+    cache = model.new_cache(max(1, span)) if use_cache else None
     was_training = model.training
     model.eval()
     try:
