@@ -29,6 +29,7 @@ from ..core import artifacts
 from .attend import naive_attention, sdpa_attention
 from .generate import GenerationMixin
 from .kvcache import KVCache
+from .weights import WeightsMixin
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(GenerationMixin, nn.Module):
+class GPT(GenerationMixin, WeightsMixin, nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
@@ -186,25 +187,8 @@ class GPT(GenerationMixin, nn.Module):
         for block in self.blocks:
             block.attn.mode, block.attn.keep_weights = mode, keep_weights and mode == "manual"
 
-    # ------------------------------------------------------------------ saving and loading
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """The state dict without the tied head (it is the token embedding), ready for safetensors."""
-        return {k: v for k, v in self.state_dict().items() if k != "head.weight"}
-
-    @classmethod
-    def from_tensors(cls, cfg: GPTConfig, tensors: dict[str, torch.Tensor]) -> GPT:
-        """Rebuild a model from `tensors()`; missing or unexpected keys are refused."""
-        model = cls(cfg)
-        expected = set(model.tensors())
-        got = set(tensors)
-        if expected != got:
-            raise ValueError(
-                "these tensors do not fit a GPT with this config: "
-                f"missing {sorted(expected - got)[:5]}, unexpected {sorted(got - expected)[:5]}"
-            )
-        model.load_state_dict({**tensors, "head.weight": tensors["tok_emb.weight"]})
-        return model
+# ---------------------------------------------------------------------- saving and loading
 
 
 def save(name: str, model: GPT, *, notebook: str, profile: str, metrics: dict | None = None,

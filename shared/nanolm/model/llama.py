@@ -41,6 +41,7 @@ from .kvcache import KVCache
 from .layers import GELUMLP, RMSNorm, SwiGLU, apply_rope, rope_angles, rope_frequencies
 from .mla import LatentAttention
 from .moe import MoE
+from .weights import WeightsMixin
 
 CHOICES = {"pos": ("rope", "learned", "none"), "norm": ("rms", "layer"), "mlp": ("swiglu", "gelu"),
            "attention": ("gqa", "mla")}
@@ -201,7 +202,7 @@ class Block(nn.Module):
 RESIDUAL_PROJECTIONS = ("attn.wo.weight", "ffn.down.weight", "ffn.proj.weight")  # write into the residual stream
 
 
-class Llama(GenerationMixin, nn.Module):
+class Llama(GenerationMixin, WeightsMixin, nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.config = cfg
@@ -281,28 +282,8 @@ class Llama(GenerationMixin, nn.Module):
         for block in self.blocks:
             block.attn.mode = mode
 
-    # ------------------------------------------------------------------ saving and loading
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """The state dict (a tied head left out: it is the token embedding), ready for safetensors."""
-        state = self.state_dict()
-        return {k: v for k, v in state.items() if not (self.config.tie_embeddings and k == "head.weight")}
-
-    @classmethod
-    def from_tensors(cls, cfg: LlamaConfig, tensors: dict[str, torch.Tensor]) -> Llama:
-        """Rebuild a model from `tensors()`; missing or unexpected keys are refused."""
-        model = cls(cfg)
-        expected, got = set(model.tensors()), set(tensors)
-        if expected != got:
-            raise ValueError(
-                "these tensors do not fit a Llama with this config: "
-                f"missing {sorted(expected - got)[:5]}, unexpected {sorted(got - expected)[:5]}"
-            )
-        state = dict(tensors)
-        if cfg.tie_embeddings:
-            state["head.weight"] = tensors["tok_emb.weight"]
-        model.load_state_dict(state)
-        return model
+# ---------------------------------------------------------------------- saving and loading
 
 
 def save(name: str, model: Llama, *, notebook: str, profile: str, metrics: dict | None = None,
