@@ -90,7 +90,8 @@ def test_artifacts_of_the_syllabus_row(path):
     source = "\n".join(_src(c) for c in _load(path)["cells"] if c["cell_type"] == "code")
     for name in saves:
         # every save takes the artifact's name first: bpe.save("name", tok, ...), artifacts.save("name", ...)
-        saved = rf"""\.save\(\s*(?:#[^\n]*\n\s*)?f?["']{re.escape(name)}["']"""
+        # or, for an imported model, its own save: models.save_smollm2(...)
+        saved = rf"""\.save\(\s*(?:#[^\n]*\n\s*)?f?["']{re.escape(name)}["']|\.save_{re.escape(name.replace('-', '_'))}\("""
         assert re.search(saved, source), f"{path.stem} must save {name!r}"
     for name in loads:
         assert f'"{name}' in source or f"'{name}" in source, f"{path.stem} must load {name!r}"

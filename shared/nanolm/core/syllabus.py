@@ -22,7 +22,7 @@ SYLLABUS = [
     Phase("06_transformer", "LayerNorm, encoder/decoder blocks, a toy translation transformer, ablations"),
     Phase("07_gpt", "decoder-only GPT, sampling, character Shakespeare, HF GPT-2 parity", ("gpt-char",), ("shakespeare-char",)),
     Phase("08_pretraining", "token shards, a real training loop, checkpoint/resume, scaling laws", ("gpt-base", "token-shards"), ("bpe-tokenizer",)),
-    Phase("09_modern_architecture", "RoPE, RMSNorm, SwiGLU, GQA, KV cache, MLA, MoE, FlashAttention", ("base",), ("bpe-tokenizer", "gpt-base", "token-shards")),
+    Phase("09_modern_architecture", "RoPE, RMSNorm, SwiGLU, GQA, KV cache, MLA, MoE, FlashAttention", ("base", "smollm2"), ("bpe-tokenizer", "gpt-base", "token-shards")),
     Phase("10_evaluation", "perplexity per domain, benchmarks, a report card", ("eval-report",), ("gpt-char", "gpt-base", "base")),
     Phase("11_lora", "LoRA from scratch vs PEFT, QLoRA (NF4) vs bitsandbytes, merging", ("adapters/",), ("base",)),
     Phase("12_continual_learning", "forgetting, rehearsal, EWC, LoRA-per-task with a router", ("cl-model", "adapter-library"), ("base", "adapters/")),

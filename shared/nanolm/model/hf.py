@@ -158,16 +158,49 @@ def llama_to_hf(model: Llama):
     return hf.eval()
 
 
+def llama_config_from_hf(config: dict) -> LlamaConfig:
+    """A LlamaConfig from a transformers Llama config (config.json as a dict); what ours cannot run is refused."""
+    if config.get("model_type") != "llama":
+        raise ValueError(f"not a Llama config: model_type is {config.get('model_type')!r}")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ValueError(f"only default RoPE is supported, got {rope}")
+    n_embd, n_head = config["hidden_size"], config["num_attention_heads"]
+    unsupported = {k: config[k] for k, plain in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False))
+                   if config.get(k, plain) != plain}
+    if config.get("head_dim") not in (None, n_embd // n_head):
+        unsupported["head_dim"] = config["head_dim"]
+    if unsupported:
+        raise ValueError(f"only a plain Llama maps onto ours; this config has {unsupported}")
+    return LlamaConfig(
+        vocab_size=config["vocab_size"], block_size=config["max_position_embeddings"],
+        n_layer=config["num_hidden_layers"], n_head=n_head,
+        n_kv_head=config.get("num_key_value_heads") or n_head, n_embd=n_embd,
+        ffn_hidden=config["intermediate_size"], rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 1e4))),
+        norm_eps=config.get("rms_norm_eps", 1e-6), tie_embeddings=config.get("tie_word_embeddings", True))
+
+
+def llama_from_hf_state(config: dict, state: dict[str, torch.Tensor]) -> Llama:
+    """Our Llama from a transformers config dict and state dict (HF names): fused matrices joined by rows."""
+    cfg = llama_config_from_hf(config)
+    names = [*_LLAMA_TOP, *(f"blocks.{i}.{rest}" for i in range(cfg.n_layer) for rest in (*_LLAMA_BLOCK, *_LLAMA_SPLIT))]
+    if cfg.tie_embeddings:
+        names.remove("head.weight")  # the token embedding; Llama.from_tensors checks the full set again
+    wanted = {hf_name for name in names for hf_name in llama_names(name)}
+    missing = sorted(wanted - set(state))
+    extra = sorted(set(state) - wanted - ({"lm_head.weight"} if cfg.tie_embeddings else set()))
+    if missing or extra:
+        raise ValueError(f"these tensors do not fit a Llama with this config: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}")
+    tensors = {name: _join([state[n] for n in llama_names(name)]) for name in names}
+    return Llama.from_tensors(cfg, tensors).eval()
+
+
+def _join(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Row blocks as one matrix (a single block as it is: no copy)."""
+    return parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)
+
+
 def llama_from_hf(hf) -> Llama:
     """Our Llama with the weights of a transformers LlamaForCausalLM (default RoPE only)."""
-    c = hf.config
-    rope = getattr(c, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"only default RoPE is supported, got {rope}")
-    cfg = LlamaConfig(vocab_size=c.vocab_size, block_size=c.max_position_embeddings, n_layer=c.num_hidden_layers,
-                      n_head=c.num_attention_heads, n_kv_head=c.num_key_value_heads, n_embd=c.hidden_size,
-                      ffn_hidden=c.intermediate_size, rope_theta=rope.get("rope_theta", 10000.0),
-                      norm_eps=c.rms_norm_eps, tie_embeddings=c.tie_word_embeddings)
-    hf_state = hf.state_dict()
-    tensors = {name: torch.cat([hf_state[n] for n in llama_names(name)]).contiguous() for name in Llama(cfg).tensors()}
-    return Llama.from_tensors(cfg, tensors).eval()
+    return llama_from_hf_state(hf.config.to_dict(), hf.state_dict())
