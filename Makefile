@@ -39,7 +39,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@echo "setup: environment ready in $(VENV) (kernel 'nanolm')"
 
 data: setup
-	$(PY) -m nanolm.data fetch $(if $(MIRROR),--mirror $(MIRROR))
+	$(PY) -m nanolm.core.data fetch $(if $(MIRROR),--mirror $(MIRROR))
 
 course: setup data
 	$(PY) ci/run_course.py --profile $(PROFILE) $(if $(FROM),--from $(FROM)) $(if $(UPTO),--upto $(UPTO))
@@ -67,11 +67,11 @@ blog: setup
 	$(PY) ci/export_blog.py --out build/blog
 
 report: setup
-	$(PY) -m nanolm.report
+	$(PY) -m nanolm.core.report
 
 # Refresh the README's syllabus runtimes from the stored notebooks (cpu) and the last smoke chain.
 readme: setup
-	$(PY) -m nanolm.report --readme
+	$(PY) -m nanolm.core.report --readme
 
 lint: setup
 	$(VENV)/bin/ruff check shared ci tests

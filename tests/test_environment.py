@@ -62,3 +62,14 @@ def test_ci_runs_the_readme_test_command():
 def test_makefile_installs_torch_before_the_rest():
     mk = (ROOT / "Makefile").read_text()
     assert mk.index('"$(TORCH)"') < mk.index("-r requirements.txt")
+
+
+def test_makefile_runs_library_modules_that_exist():
+    """Every `python -m nanolm...` the Makefile runs names a real module (modules move between layers)."""
+    import importlib.util
+    import re
+
+    mods = re.findall(r"-m (nanolm[\w.]*)", (ROOT / "Makefile").read_text())
+    assert mods, "the Makefile runs nanolm's data and report modules"
+    missing = [m for m in mods if importlib.util.find_spec(m) is None]
+    assert not missing, f"the Makefile runs modules that do not exist: {missing}"

@@ -7,8 +7,8 @@ reaches its final name only after its hash checks out, so an interrupted or corr
 download never looks complete. `path()` checks a file's sha256 (by `matches()`, the rule
 fetch uses too) once, and remembers it in <dataset>/.verified.json by size, mtime and inode.
 
-    python -m nanolm.data fetch [--mirror DIR] [--only NAME ...]
-    python -m nanolm.data verify
+    python -m nanolm.core.data fetch [--mirror DIR] [--only NAME ...]
+    python -m nanolm.core.data verify
 """
 
 from __future__ import annotations
@@ -314,8 +314,8 @@ RECIPES = {"tinystories_jsonl": tinystories_jsonl, "topical_chat_compact": topic
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m nanolm.data fetch|verify`."""
-    ap = argparse.ArgumentParser(prog="python -m nanolm.data", description=__doc__,
+    """`python -m nanolm.core.data fetch|verify`."""
+    ap = argparse.ArgumentParser(prog="python -m nanolm.core.data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["fetch", "verify"])
     ap.add_argument("--mirror", type=Path, help="copy from this folder instead of downloading")

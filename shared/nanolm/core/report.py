@@ -191,7 +191,7 @@ def update_readme(readme: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m nanolm.report`: build build/report.md from stored and executed notebooks."""
+    """`python -m nanolm.core.report`: build build/report.md from stored and executed notebooks."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)

@@ -22,14 +22,14 @@ SYLLABUS = [
     Phase("06_transformer", "LayerNorm, encoder/decoder blocks, a toy translation transformer, ablations"),
     Phase("07_gpt", "decoder-only GPT, sampling, character Shakespeare, HF GPT-2 parity", ("gpt-char",), ("shakespeare-char",)),
     Phase("08_pretraining", "token shards, a real training loop, checkpoint/resume, scaling laws", ("gpt-base", "token-shards"), ("bpe-tokenizer",)),
-    Phase("09_modern_architecture", "RoPE, RMSNorm, SwiGLU, GQA, KV cache, MLA, MoE, FlashAttention", ("base", "smollm2"), ("bpe-tokenizer", "gpt-base", "token-shards")),
-    Phase("10_evaluation", "perplexity per domain, benchmarks, a report card", ("eval-report",), ("gpt-char", "gpt-base", "base")),
-    Phase("11_lora", "LoRA from scratch vs PEFT, QLoRA (NF4) vs bitsandbytes, merging", ("adapters/",), ("base",)),
-    Phase("12_continual_learning", "forgetting, rehearsal, EWC, LoRA-per-task with a router", ("cl-model", "adapter-library"), ("base", "adapters/")),
-    Phase("13_alignment", "chat template, SFT with loss masks, DPO, GRPO", ("chat",), ("base",)),
-    Phase("14_tools_and_rag", "tool calls, calculator, Python sandbox, retrieval, ReAct", ("chat-tools", "rag-index"), ("chat", "adapter-library")),
+    Phase("09_modern_architecture", "RoPE, RMSNorm, SwiGLU, GQA, KV cache, MLA, MoE, FlashAttention; SmolLM2 read from its GGUF file into our Llama", ("base", "smollm2"), ("bpe-tokenizer", "gpt-base", "token-shards")),
+    Phase("10_evaluation", "perplexity per domain, benchmarks, a report card", ("eval-report",), ("gpt-char", "gpt-base", "base", "smollm2")),
+    Phase("11_lora", "LoRA from scratch vs PEFT, QLoRA (NF4) vs bitsandbytes, merging", ("adapters/",), ("base", "smollm2")),
+    Phase("12_continual_learning", "forgetting, rehearsal, EWC, LoRA-per-task with a router", ("cl-model", "adapter-library"), ("base", "smollm2", "adapters/")),
+    Phase("13_alignment", "chat template, SFT with loss masks, DPO, GRPO", ("chat",), ("base", "smollm2")),
+    Phase("14_tools_and_rag", "tool calls, calculator, Python sandbox, retrieval, ReAct", ("chat-tools", "rag-index"), ("chat", "smollm2", "adapter-library")),
     Phase("15_distributed_training", "memory accounting, activation checkpointing, DDP and FSDP", (), ("base",)),
-    Phase("16_serving", "inference engine, streaming FastAPI server, web UI, /learn with LoRA", (), ("chat-tools", "adapter-library", "rag-index")),
+    Phase("16_serving", "inference engine, streaming FastAPI server, web UI, /learn with LoRA", (), ("smollm2", "chat-tools", "adapter-library", "rag-index")),
 ]
 BY_STEM = {p.stem: p for p in SYLLABUS}
 
