@@ -29,6 +29,7 @@ from ..core import artifacts
 from .attend import naive_attention, sdpa_attention
 from .generate import GenerationMixin
 from .kvcache import KVCache
+from .layers import gpt2_init
 from .weights import WeightsMixin
 
 
@@ -133,17 +134,10 @@ class GPT(GenerationMixin, WeightsMixin, nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight  # weight tying: one matrix reads and writes tokens
-        self.apply(self._init_weights)
+        self.apply(gpt2_init)
         for block in self.blocks:  # residual projections: std 0.02 / sqrt(2 * n_layer)
             for proj in (block.attn.proj, block.mlp.proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None

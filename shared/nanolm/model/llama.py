@@ -38,7 +38,7 @@ from ..core import artifacts
 from .attend import ATTENTION_MODES, run_attention
 from .generate import GenerationMixin
 from .kvcache import KVCache
-from .layers import GELUMLP, RMSNorm, SwiGLU, apply_rope, rope_angles, rope_frequencies
+from .layers import GELUMLP, RMSNorm, SwiGLU, apply_rope, gpt2_init, rope_angles, rope_frequencies
 from .mla import LatentAttention
 from .moe import MoE
 from .weights import WeightsMixin
@@ -215,17 +215,10 @@ class Llama(GenerationMixin, WeightsMixin, nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
         self.aux_loss: torch.Tensor | None = None  # MoE load-balancing loss of the last forward
-        self.apply(self._init_weights)
+        self.apply(gpt2_init)
         for name, p in self.named_parameters():  # residual projections: std 0.02 / sqrt(2 * n_layer)
             if name.endswith(RESIDUAL_PROJECTIONS) or (".experts." in name and name.endswith("down.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
