@@ -245,3 +245,65 @@ def test_lazy_files_are_not_read_but_verified_when_opened(monkeypatch):
         art.bytes("a.bin")
     with pytest.raises(ArtifactError, match="has no file"):
         art.memmap("../x.bin")
+
+
+# ----------------------------------------------------------------------------- every file is sealed
+
+
+def _flip(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at % len(data)] ^= 0x01  # one bit, same size: only the hash can tell
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("fn", ["tensors.safetensors", "vocab.json", "notes.txt", "raw.bin"])
+@pytest.mark.parametrize("change", ["first byte", "last byte", "appended", "truncated"])
+def test_every_file_of_an_artifact_is_sealed(fn, change):
+    """Each file in turn (tensors, JSON, text, raw bytes), changed at either end or in its size: refused on
+    load, eager or lazy (then when it is opened)."""
+    art = _save()
+    p = art.path / fn
+    if change == "first byte":
+        _flip(p, 0)
+    elif change == "last byte":
+        _flip(p, -1)
+    elif change == "appended":
+        p.write_bytes(p.read_bytes() + b" ")
+    else:
+        p.write_bytes(p.read_bytes()[:-1])
+    with pytest.raises(ArtifactError, match=fn):
+        artifacts.load("base", profile="smoke")
+    with pytest.raises(ArtifactError, match=fn):
+        artifacts.load("base", profile="smoke", lazy=lambda name: True).bytes(fn)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["files"]["notes.txt"].__setitem__("sha256", "0" * 64),     # a listed hash
+    lambda m: m["files"]["vocab.json"].__setitem__("bytes", m["files"]["vocab.json"]["bytes"] + 1),
+    lambda m: m["files"].pop("raw.bin"),                                    # a file dropped from the list
+    lambda m: m.__setitem__("notebook", "08_pretraining"),                 # who made it
+    lambda m: m.__setitem__("git_commit", "0" * 12),                      # from which commit
+    lambda m: m.__setitem__("name", "other"),
+    lambda m: m.__setitem__("extra", 1),                                   # an added key
+], ids=["hash", "size", "dropped-file", "notebook", "commit", "name", "added-key"])
+def test_every_part_of_the_manifest_is_sealed(edit):
+    """Any edit of the manifest itself (not resealed) is refused, whichever field it touches."""
+    art = _save()
+    _edit_manifest(art, edit)
+    with pytest.raises(ArtifactError):
+        artifacts.load("base", profile="smoke")
+
+
+def test_a_flipped_byte_anywhere_in_the_manifest_is_refused():
+    """Every byte position of manifest.json, flipped: the result is either unreadable or refused, never loaded."""
+    art = _save()
+    mpath = art.path / "manifest.json"
+    original = mpath.read_bytes()
+    for at in range(0, len(original), max(1, len(original) // 97)):
+        data = bytearray(original)
+        data[at] ^= 0x01
+        mpath.write_bytes(bytes(data))
+        with pytest.raises(ArtifactError):
+            artifacts.load("base", profile="smoke")
+    mpath.write_bytes(original)
+    artifacts.load("base", profile="smoke")  # and the untouched manifest still loads

@@ -4,6 +4,7 @@ save/load, and exact id parity with tiktoken (our export, GPT-2 and cl100k_base,
 import random
 
 import pytest
+import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -105,6 +106,110 @@ def test_tie_break_is_highest_count_then_smallest_bytes():
     assert bpe_train.train_plain("cd\nab", 2) == [(97, 98), (99, 100)]
     # a higher count beats smaller bytes
     assert bpe_train.train_fast("ab\ncd\ncd", 1) == [(99, 100)]
+
+
+# ----------------------------------------------------------------------------- independent references
+# train_plain and train_fast share merge_pair, so comparing them with each other cannot catch a bug in it.
+# Below: merges derived by hand, and a naive trainer written here from the rule alone (bytes, not ids).
+
+
+def test_merges_computed_by_hand():
+    # GPT-2 pattern: "hug hug pug pun bun" -> pre-tokens "hug" " hug" " pug" " pun" " bun" (leading space kept).
+    # Pair counts: ug 3; hu, " p", pu, un 2; " h", " b", bu 1.
+    #  1. (u, g) 3 times                                  -> 256 "ug"
+    #     now h ug | _ h ug | _ p ug | _ p u n | _ b u n: (h,ug) 2, (_,p) 2, (u,n) 2 tie; b" " < b"h" < b"u"
+    #  2. (" ", p)                                        -> 257 " p"
+    #  3. (h, ug): b"h" < b"u"                            -> 258 "hug"
+    #  4. (u, n), the only pair left counted twice        -> 259 "un"
+    #     now all pairs once: (_,hug) (_,b) (" p",ug) (" p",un) (b,un); smallest left bytes b" ", then right b"b"
+    #  5. (" ", b)                                        -> 260 " b"
+    #  6. (" ", hug)                                      -> 261 " hug"
+    #  7. (" b", un): b" b" < b" p"                       -> 262 " bun"
+    #  8. (" p", ug): b"ug" < b"un"                       -> 263 " pug"
+    #  9. (" p", un)                                      -> 264 " pun"; then every pre-token is one token: stop
+    expected = [(117, 103), (32, 112), (104, 256), (117, 110), (32, 98), (32, 258), (260, 259), (257, 256), (257, 259)]
+    # "aaaaa" (one pre-token): (a,a) merges left to right -> aa aa a; (aa,a) beats (aa,aa) as b"a" < b"aa";
+    # then aa aaa -> one token.
+    overlapping = [(97, 97), (256, 97), (256, 257)]
+    for trainer in (bpe_train.train_plain, bpe_train.train_fast):
+        assert trainer("hug hug pug pun bun", 20, "gpt2") == expected
+        assert trainer("aaaaa", 20, "gpt2") == overlapping
+
+
+def naive_bpe(text: str, n: int, pattern: str) -> list[tuple[int, int]]:
+    """BPE from its definition, on bytes objects: count adjacent pairs, merge the most frequent (ties: smallest
+    (left bytes, right bytes)) left to right, never make a token whose bytes already are one."""
+    words = [[bytes([b]) for b in piece.encode("utf-8")] for piece in regex.findall(PAT[pattern], text)]
+    ids = {bytes([i]): i for i in range(256)}
+    merges = []
+    while len(merges) < n:
+        counts = {}
+        for w in words:
+            for a, b in zip(w, w[1:], strict=False):
+                counts[a, b] = counts.get((a, b), 0) + 1
+        best = min(((-c, a, b) for (a, b), c in counts.items() if a + b not in ids), default=None)
+        if best is None:
+            return merges
+        _, a, b = best
+        merges.append((ids[a], ids[b]))
+        ids[a + b] = len(ids)
+        new_words = []
+        for w in words:
+            out, i = [], 0
+            while i < len(w):
+                if w[i] == a and i + 1 < len(w) and w[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            new_words.append(out)
+        words = new_words
+    return merges
+
+
+def _pat_strs():
+    """tiktoken's own pattern strings for GPT-2 and cl100k (its source, not ours)."""
+    import tiktoken_ext.openai_public as oai
+
+    real = oai.load_tiktoken_bpe
+    oai.load_tiktoken_bpe = lambda *a, **k: {}  # cl100k_base() would download its ranks: only its pattern is needed
+    try:
+        return {"gpt2": oai.r50k_pat_str, "gpt4": oai.cl100k_base()["pat_str"]}
+    finally:
+        oai.load_tiktoken_bpe = real
+
+
+PAT = _pat_strs()
+
+
+def test_our_patterns_are_tiktokens():
+    assert pretokenize.PATTERNS["gpt2"] == PAT["gpt2"] and pretokenize.PATTERNS["gpt4"] == PAT["gpt4"]
+
+
+@pytest.mark.parametrize("text", ["hug hug pug pun bun", "abcabc bcab cabca abc", "aaaaa aaa aa a",
+                                  SHAKESPEARE[:1500], UNICODE_CODE])
+def test_trainers_equal_the_naive_reference(text):
+    for pattern in ("gpt2", "gpt4"):
+        ref = naive_bpe(text, 80, pattern)
+        assert bpe_train.train_plain(text, 80, pattern) == ref
+        assert bpe_train.train_fast(text, 80, pattern) == ref
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(alphabet="abcé \n", max_size=150), st.integers(1, 40), st.sampled_from(["gpt2", "gpt4"]))
+def test_trainers_equal_the_naive_reference_on_random_corpora(text, n, pattern):
+    ref = naive_bpe(text, n, pattern)
+    assert bpe_train.train_plain(text, n, pattern) == ref
+    assert bpe_train.train_fast(text, n, pattern) == ref
+
+
+@FAST
+@given(mixed)
+def test_reference_vocabularies_encode_like_tiktoken(gpt2, cl100k, s):
+    for ours, ref in (gpt2, cl100k):
+        assert ours.encode_ordinary(s) == ref.encode_ordinary(s)
+        assert ours.encode(s, allowed_special="all") == ref.encode(s, allowed_special="all")
 
 
 def test_no_two_tokens_share_bytes_and_training_is_deterministic():

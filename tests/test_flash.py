@@ -1,6 +1,7 @@
 """nanolm.model.attend: tiled online-softmax attention against torch's SDPA (values and gradients), and its memory."""
 
 import pytest
+import tolerances
 import torch
 import torch.nn.functional as F
 
@@ -39,11 +40,11 @@ def test_tiled_equals_sdpa_forward_and_gradients(case):
     grads = torch.autograd.grad(out, (q, k, v), dout)
     ref = _sdpa_reference(q, k, v, causal)
     ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, ref, **tolerances.FLOAT32_MODEL)
     for name, g, r in zip("qkv", grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, r, atol=1e-5, rtol=0, msg=f"d{name}")
+        torch.testing.assert_close(g, r, **tolerances.FLOAT32_MODEL, msg=f"d{name}")
     for fn in (attend.naive_attention, attend.sdpa_attention, attend.attention):
-        torch.testing.assert_close(fn(q, k, v, causal=causal), ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(fn(q, k, v, causal=causal), ref, **tolerances.FLOAT32_MODEL)
 
 
 def test_tiled_passes_gradcheck_in_float64():
@@ -55,7 +56,7 @@ def test_values_may_be_narrower_than_keys():
     q, k, _ = _qkv(Tq=20, Tk=20, D=12)
     v = torch.randn(2, 4, 20, 8)
     torch.testing.assert_close(attend.tiled_attention(q, k, v, block_q=8, block_k=8), _sdpa_reference(q, k, v, True),
-                               atol=1e-5, rtol=0)
+                               **tolerances.FLOAT32_MODEL)
 
 
 def test_backend_is_sdpa_without_flash_attn_on_cuda():
@@ -69,7 +70,7 @@ def test_backend_is_sdpa_without_flash_attn_on_cuda():
 def test_flash_attn_equals_sdpa_on_cuda():  # pragma: no cover - needs a GPU
     q, k, v = (t.detach().cuda().half() for t in _qkv(Hkv=2, Tq=9, Tk=40, D=64))
     assert attend.backend(q) == "flash-attn"
-    torch.testing.assert_close(attend.attention(q, k, v), attend.sdpa_attention(q, k, v), atol=2e-3, rtol=0)
+    torch.testing.assert_close(attend.attention(q, k, v), attend.sdpa_attention(q, k, v), **tolerances.FLOAT16)
 
 
 def test_peak_memory_naive_quadratic_tiled_linear():

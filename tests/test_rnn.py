@@ -1,16 +1,17 @@
 """nanolm.teach.rnn: LSTM/GRU from scratch against torch.nn, and the seq2seq reversal pieces.
 
-Parity is checked in float64 with atol=1e-10, rtol=1e-8 (the same arithmetic in a
-different order differs by ~1e-15), and in float32 with atol=1e-5, rtol=1e-5.
+Parity is checked at tests/tolerances.py's FLOAT64 (1e-12; the same arithmetic in a different order
+differs by ~1e-16, measured 2.8e-16) and FLOAT32 (1e-6; measured 6e-8).
 """
 
 import pytest
+import tolerances
 import torch
 
 from nanolm.teach import rnn
 
-F64 = {"atol": 1e-10, "rtol": 1e-8}
-F32 = {"atol": 1e-5, "rtol": 1e-5}
+F64 = tolerances.FLOAT64
+F32 = tolerances.FLOAT32
 
 
 SHAPES = [  # (input_size, hidden_size, num_layers, seq_len, batch, batch_first, bias)

@@ -1,10 +1,12 @@
 """nanolm.train: schedules vs torch's schedulers, AdamW groups, accumulation, clipping, exact resume,
 atomic and verified checkpoints, precision choice and the progress line."""
 
+import copy
 import math
 import re
 
 import pytest
+import tolerances
 import torch
 
 from nanolm import train
@@ -173,6 +175,78 @@ def test_accumulating_4x2_equals_one_batch_of_8():
     for (n, p8), p2 in zip(t8.model.named_parameters(), t2.model.parameters(), strict=True):
         torch.testing.assert_close(p2, p8, rtol=1e-4, atol=1e-6, msg=n)
     assert t8.tokens_seen == t2.tokens_seen == 2 * 8 * 16
+
+
+def _torch_scheduler(opt, c: TrainConfig):
+    """torch's own schedulers set up to the formulas of train.schedules (warmup lr*(s+1)/(W+1), then ...)."""
+    S = torch.optim.lr_scheduler
+    W, N = c.warmup_steps, c.max_steps
+    warm = S.LinearLR(opt, start_factor=1 / (W + 1), end_factor=1.0, total_iters=W)
+    if c.schedule == "constant":
+        return warm
+    if c.schedule == "cosine":
+        return S.SequentialLR(opt, [warm, S.CosineAnnealingLR(opt, T_max=N - W, eta_min=c.min_lr)], milestones=[W])
+    D = round(c.decay_fraction * N)
+    return S.SequentialLR(opt, [warm, S.ConstantLR(opt, factor=1.0, total_iters=1),
+                                S.LinearLR(opt, start_factor=1.0, end_factor=c.min_lr / c.lr, total_iters=D)],
+                          milestones=[W, N - D])
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])
+def test_loop_lr_of_every_group_and_update_equal_torch_schedulers(schedule):
+    """The whole loop (two AdamW groups, warmup + schedule, grad_accum 3, clipping), float64: every group's lr
+    at every optimizer step and the final weights equal a hand loop of torch.optim.AdamW + lr_scheduler."""
+    c = cfg(max_steps=12, warmup_steps=3, grad_accum=3, batch_size=2, schedule=schedule, lr=1e-2, min_lr=1e-3,
+            weight_decay=0.1, grad_clip=0.5, log_every=100)
+    model = tiny_gpt(bias=True).double()
+    ref = copy.deepcopy(model)
+    t = Trainer(model, c, ToySource(stream(), 2, 16, seed=5), printer=None, peak_flops_per_s=1e11)
+    assert len(t.optimizer.param_groups) == 2
+    seen, real_step = [], t.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append([g["lr"] for g in t.optimizer.param_groups])
+        return real_step(*args, **kwargs)
+
+    t.optimizer.step = recording_step
+    t.run()
+
+    opt = torch.optim.AdamW(train.param_groups(ref, c.weight_decay), lr=c.lr, betas=c.betas, eps=c.eps)
+    sched = _torch_scheduler(opt, c)
+    src, expected = ToySource(stream(), 2, 16, seed=5), []
+    for _ in range(c.max_steps):
+        for _ in range(c.grad_accum):
+            x, y = src.next_batch()
+            (ref(x, y)[1] / c.grad_accum).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), c.grad_clip)
+        expected.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    assert len(seen) == c.max_steps and len({lr for row in expected for lr in row}) >= 4  # the lr really moves
+    torch.testing.assert_close(torch.tensor(seen, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
+                               **tolerances.LR)
+    for (name, p), q in zip(t.model.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, **tolerances.FLOAT64, msg=name)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_accumulating_k_micro_batches_equals_one_big_batch_float64(k):
+    """k micro-batches of B sequences give the update of one batch of k*B: float64, to rounding (no clipping,
+    which would hide a missing 1/k; AdamW with eps 1e-3 is not scale-invariant, so a wrong scale shows)."""
+    data = ToySource(stream(), 8, 16, seed=3)
+    big = [data.next_batch() for _ in range(3)]
+    B = 8 // k
+    small = [(x[i : i + B], y[i : i + B]) for x, y in big for i in range(0, 8, B)]
+    base = dict(max_steps=3, warmup_steps=0, grad_clip=0.0, eps=1e-3, weight_decay=0.1)
+    tb = Trainer(tiny_gpt(bias=True).double(), cfg(batch_size=8, **base), ListSource(big), printer=None,
+                 peak_flops_per_s=1e11)
+    ts = Trainer(tiny_gpt(bias=True).double(), cfg(batch_size=B, grad_accum=k, **base), ListSource(small),
+                 printer=None, peak_flops_per_s=1e11)
+    tb.run(), ts.run()
+    torch.testing.assert_close(torch.tensor(ts.losses), torch.tensor(tb.losses), **tolerances.FLOAT64)
+    for (n, pb), ps in zip(tb.model.named_parameters(), ts.model.parameters(), strict=True):
+        torch.testing.assert_close(ps, pb, **tolerances.FLOAT64, msg=n)
 
 
 def test_clipping_reports_preclip_norm_and_matches_manual_adamw():

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tolerances
 import torch
 
 from nanolm.teach import transformer as tr
@@ -81,7 +82,7 @@ def test_causal_mask_later_targets_never_change_earlier_outputs(kw):
     changed = tgt_in.clone()
     changed[:, t:] = torch.randint(3, len(tr.TGT_VOCAB), changed[:, t:].shape)
     a, b = model(src, tgt_in), model(src, changed)
-    torch.testing.assert_close(a[:, :t], b[:, :t], rtol=0, atol=1e-6)
+    torch.testing.assert_close(a[:, :t], b[:, :t], **tolerances.FLOAT32)
     if kw.get("residual", True):  # without residuals the words reach the output only through attention weights
         assert (a[:, t:] - b[:, t:]).abs().max() > 1e-3  # the later outputs do see them
 
@@ -91,7 +92,7 @@ def test_source_padding_is_ignored():
     model = tr.Seq2SeqTransformer(small(max_src_len=8))
     src, tgt_in, _ = tr.make_batch([7, 1234])
     longer = torch.cat([src, torch.full((2, 3), tr.PAD_ID)], dim=1)  # more padding on the right
-    torch.testing.assert_close(model(src, tgt_in), model(longer, tgt_in), rtol=0, atol=1e-5)
+    torch.testing.assert_close(model(src, tgt_in), model(longer, tgt_in), **tolerances.FLOAT32)
 
 
 def test_sdpa_fast_path_equals_the_written_out_attention():
@@ -100,7 +101,7 @@ def test_sdpa_fast_path_equals_the_written_out_attention():
     fast = tr.Seq2SeqTransformer(small(use_sdpa=True))
     fast.load_state_dict(slow.state_dict())
     src, tgt_in, _ = tr.make_batch([5, 60, 708, 9999, 12345])
-    torch.testing.assert_close(fast(src, tgt_in), slow(src, tgt_in), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast(src, tgt_in), slow(src, tgt_in), **tolerances.FLOAT32_MODEL)
 
 
 def test_attention_weights_are_kept_on_request():
@@ -131,10 +132,10 @@ def test_blocks_equal_torch_transformer_layers(norm):
     ours_mem = enc(x, tr.padding_mask(src))
     theirs_mem = ref_enc(x, src_key_padding_mask=src == tr.PAD_ID)
     keep = (src != tr.PAD_ID)[..., None]  # torch may leave anything at padded positions
-    torch.testing.assert_close(ours_mem * keep, theirs_mem * keep, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ours_mem * keep, theirs_mem * keep, **tolerances.FLOAT64)
     ours = dec(y, ours_mem, tr.causal_mask(6), tr.padding_mask(src))
     theirs = ref_dec(y, ours_mem, tgt_mask=~tr.causal_mask(6)[0, 0], memory_key_padding_mask=src == tr.PAD_ID)
-    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ours, theirs, **tolerances.FLOAT64)
 
 
 def test_torch_layers_refuse_ablated_blocks():
