@@ -4,34 +4,25 @@ SmolLM2 GGUF file's template (default system prompt included), and its tokens eq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from real_model import smollm2_path
 
-from nanolm.core import data, gguf
+from nanolm.core import gguf
 from nanolm.text import chat_template, gguf_tokenizer
 from nanolm.text.chat_template import ChatML, ChatTemplateError
-
-
-def _path():
-    try:
-        return data.path(*gguf_tokenizer.SMOLLM2)
-    except data.DataError:
-        return None
-
-
-pytestmark = pytest.mark.skipif(_path() is None, reason="smollm2 not in data/ (run `make data`)")
 
 DEFAULT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
 @pytest.fixture(scope="module")
 def template():
-    return gguf.read(_path()).metadata["tokenizer.chat_template"]
+    return gguf.read(smollm2_path()).metadata["tokenizer.chat_template"]
 
 
 @pytest.fixture(scope="module")
 def ref():
     """transformers' tokenizer built from the same GGUF file (offline: the file is local)."""
-    transformers = pytest.importorskip("transformers")
-    path = _path()
+    import transformers
+    path = smollm2_path()
     return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
 
 
@@ -91,7 +82,7 @@ def test_system_argument_replaces_the_default(ref, generation_prompt):
 
 def test_rendered_text_tokenizes_as_the_reference(ref):
     """The text, encoded with special tokens allowed, gives the ids of apply_chat_template(tokenize=True)."""
-    tok = gguf_tokenizer.load_tokenizer(_path())
+    tok = gguf_tokenizer.load_tokenizer(smollm2_path())
     for messages in CONVERSATIONS.values():
         text = chat_template.render(messages, add_generation_prompt=True)
         ids = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)

@@ -13,6 +13,7 @@ import struct
 import gguf as ref
 import numpy as np
 import pytest
+from real_model import smollm2_path
 
 from nanolm.core import data, quants
 from nanolm.core import gguf as ours
@@ -21,27 +22,20 @@ from nanolm.core.gguf import GGUFError
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _real_path():
-    try:
-        return data.path("smollm2", FILE)
-    except data.DataError:
-        return None
 
 
-needs_model = pytest.mark.skipif(_real_path() is None, reason="smollm2 not in data/ (run `make data`)")
 
 
 @pytest.fixture(scope="module")
 def real():
     """(our GGUFFile, the reference GGUFReader) of the real model file."""
-    path = _real_path()
+    path = smollm2_path()
     return ours.read(path), ref.GGUFReader(path)
 
 
 # ----------------------------------------------------------------------------- the real file
 
 
-@needs_model
 def test_metadata_matches_reference(real):
     f, r = real
     ref_fields = {k: v for k, v in r.fields.items() if not k.startswith("GGUF.")}  # GGUF.*: the header, not keys
@@ -59,7 +53,6 @@ def test_metadata_matches_reference(real):
     assert f.version == 3 and f.alignment == r.alignment == 32 and f.data_offset == r.data_offset
 
 
-@needs_model
 def test_tensor_infos_match_reference(real):
     f, r = real
     assert list(f.tensors) == [t.name for t in r.tensors]
@@ -72,7 +65,6 @@ def test_tensor_infos_match_reference(real):
     assert kinds == ["F32", "Q4_1", "Q8_0"]
 
 
-@needs_model
 def test_every_tensor_dequantizes_bit_exact(real):
     """Every one of the 272 tensors: our NumPy dequantization == gguf.quants.dequantize, no tolerance."""
     f, r = real
@@ -84,10 +76,9 @@ def test_every_tensor_dequantizes_bit_exact(real):
         assert np.array_equal(f.raw(t.name), t.data.reshape(-1).view(np.uint8)), t.name
 
 
-@needs_model
 def test_data_layer_catches_changed_bytes():
     """GGUF has no checksum: one changed byte of tensor data reads fine, but the manifest's sha256 refuses it."""
-    path = _real_path()
+    path = smollm2_path()
     meta = data.registry()["smollm2"]["files"][FILE]
     raw = bytearray(path.read_bytes())
     assert data.matches(bytes(raw), meta)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from real_model import smollm2_path
 
-from nanolm.core import data, gguf
+from nanolm.core import gguf
 from nanolm.model import gguf_llama
 from nanolm.model.layers import apply_rope, apply_rope_complex, rope_angles, rope_frequencies
 from nanolm.model.llama import Llama, LlamaConfig
@@ -20,14 +21,8 @@ FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHAT = [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
 
 
-def _path():
-    try:
-        return data.path("smollm2", FILE)
-    except data.DataError:
-        return None
 
 
-needs_model = pytest.mark.skipif(_path() is None, reason="smollm2 not in data/ (run `make data`)")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +30,7 @@ def models():
     """(our Llama, its config dict, transformers' LlamaForCausalLM), both from the GGUF file, loaded once."""
     from transformers import AutoModelForCausalLM
 
-    path = _path()
+    path = smollm2_path()
     ours, cfg = gguf_llama.load_llama(path)
     theirs = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     return ours, cfg, theirs
@@ -52,7 +47,6 @@ def _max_diff(ours, theirs, idx: torch.Tensor) -> float:
         return (ours(idx)[0] - theirs(idx).logits).abs().max().item()
 
 
-@needs_model
 def test_config_from_metadata(models):
     ours, cfg, theirs = models
     assert cfg == LlamaConfig.from_dict(cfg).to_dict()
@@ -64,7 +58,6 @@ def test_config_from_metadata(models):
     assert ours.head.weight is ours.tok_emb.weight
 
 
-@needs_model
 def test_logits_equal_transformers(models):
     """Max |logit difference| measured on these prompts: 0.0 (the same float32 operations in the same order).
 
@@ -75,7 +68,6 @@ def test_logits_equal_transformers(models):
         assert _max_diff(ours, theirs, idx) <= 0.0, idx.shape
 
 
-@needs_model
 def test_greedy_generation_equals_transformers(models):
     """64 greedy tokens from a chat prompt: our generate (temperature 0, KV cache) == transformers' generate."""
     from transformers import GenerationConfig
@@ -90,11 +82,10 @@ def test_greedy_generation_equals_transformers(models):
     assert torch.equal(mine, ref)
 
 
-@needs_model
 def test_rope_unpermutation_is_needed(models):
     """With W_q and W_k rows left in llama.cpp's interleaved order, the logits are far off."""
     ours, _, theirs = models
-    f = gguf.read(_path())
+    f = gguf.read(smollm2_path())
     cfg = ours.config
     H, Hkv, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
     state = {k: v.clone() for k, v in ours.state_dict().items()}

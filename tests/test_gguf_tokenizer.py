@@ -7,8 +7,9 @@ import copy
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from real_model import smollm2_path
 
-from nanolm.core import data, gguf
+from nanolm.core import gguf
 from nanolm.text import corpus, gguf_tokenizer
 from nanolm.text.gguf_tokenizer import GGUFTokenizer, token_to_bytes
 from nanolm.text.pretokenize import TokenizerError
@@ -17,19 +18,13 @@ EXAMPLES = 1000  # hypothesis examples per property test (each one runs both tok
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _path():
-    try:
-        return data.path(*gguf_tokenizer.SMOLLM2)
-    except data.DataError:
-        return None
 
 
-pytestmark = pytest.mark.skipif(_path() is None, reason="smollm2 not in data/ (run `make data`)")
 
 
 @pytest.fixture(scope="module")
 def meta():
-    return gguf.read(_path()).metadata
+    return gguf.read(smollm2_path()).metadata
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +35,8 @@ def tok(meta):
 @pytest.fixture(scope="module")
 def ref():
     """transformers' tokenizer built from the same GGUF file (offline: the file is local)."""
-    transformers = pytest.importorskip("transformers")
-    path = _path()
+    import transformers
+    path = smollm2_path()
     return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
 
 

@@ -7,24 +7,13 @@ import gzip
 import numpy as np
 import pytest
 
-from nanolm.core import data
 from nanolm.teach import mnist
 
 COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def _have_mnist() -> bool:
-    try:
-        data.path("mnist")
-        return True
-    except data.DataError:
-        return False
 
 
-needs_data = pytest.mark.skipif(not _have_mnist(), reason="MNIST not in data/ (run `make data`)")
-
-
-@needs_data
 def test_load_shapes_dtypes_counts():
     x, y = mnist.load()
     assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
@@ -33,7 +22,6 @@ def test_load_shapes_dtypes_counts():
     assert 0 < x.mean() < 255 and x.max() == 255
 
 
-@needs_data
 def test_split_is_seeded_disjoint_and_complete():
     a, b, c = mnist.split(8000, seed=0), mnist.split(8000, seed=0), mnist.split(8000, seed=1)
     assert a.x_train.shape == (8000, 28, 28) and a.x_test.shape == (2000, 28, 28)

@@ -12,8 +12,9 @@ import time
 
 import pytest
 import torch
+from real_model import smollm2_path
 
-from nanolm.core import artifacts, data
+from nanolm.core import artifacts
 from nanolm.eval import models
 from nanolm.model import gguf_llama, gpt, hf, llama
 from nanolm.model.gpt import GPT, GPTConfig
@@ -34,14 +35,8 @@ CONVERSATIONS = [
 ]
 
 
-def _gguf():
-    try:
-        return data.path("smollm2", FILE)
-    except data.DataError:
-        return None
 
 
-needs_model = pytest.mark.skipif(_gguf() is None, reason="smollm2 not in data/ (run `make data`)")
 
 
 def _prompts() -> list[torch.Tensor]:
@@ -56,13 +51,11 @@ def _prompts() -> list[torch.Tensor]:
 @pytest.fixture(scope="module")
 def smollm2_root(tmp_path_factory):
     """A checkpoints folder holding the real smollm2 artifact (saved once for this module)."""
-    if _gguf() is None:
-        pytest.skip("smollm2 not in data/ (run `make data`)")
     root = tmp_path_factory.mktemp("checkpoints")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NANOLM_CHECKPOINTS", str(root))
         start = time.perf_counter()
-        models.save_smollm2(_gguf(), notebook="09_modern_architecture", profile=PROFILE)
+        models.save_smollm2(smollm2_path(), notebook="09_modern_architecture", profile=PROFILE)
         print(f"\nsave_smollm2: {time.perf_counter() - start:.1f} s")
     return root
 
@@ -77,12 +70,9 @@ def smollm2(smollm2_root, monkeypatch):
 @pytest.fixture(scope="module")
 def reference():
     """Our Llama read straight from the GGUF file (dequantized by nanolm.core.gguf)."""
-    if _gguf() is None:
-        pytest.skip("smollm2 not in data/ (run `make data`)")
-    return gguf_llama.load_llama(_gguf())[0]
+    return gguf_llama.load_llama(smollm2_path())[0]
 
 
-@needs_model
 def test_smollm2_folder_is_an_artifact_and_a_hugging_face_folder(smollm2):
     art = artifacts.load("smollm2", profile=PROFILE, lazy=lambda fn: fn.endswith(".safetensors"))
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
@@ -97,7 +87,6 @@ def test_smollm2_folder_is_an_artifact_and_a_hugging_face_folder(smollm2):
     print(f"\nartifact on disk: {sum(p.stat().st_size for p in smollm2.iterdir()) / 1e6:.1f} MB")
 
 
-@needs_model
 def test_load_gives_the_logits_of_the_gguf_model_exactly(smollm2, reference):
     start = time.perf_counter()
     loaded = models.load("smollm2", profile=PROFILE)
@@ -108,7 +97,6 @@ def test_load_gives_the_logits_of_the_gguf_model_exactly(smollm2, reference):
             assert torch.equal(loaded.model(idx)[0], reference(idx)[0])
 
 
-@needs_model
 def test_transformers_loads_the_folder_with_the_same_logits(smollm2, reference):
     from transformers import AutoModelForCausalLM
 
@@ -124,7 +112,6 @@ def test_transformers_loads_the_folder_with_the_same_logits(smollm2, reference):
             assert diff == 0.0, f"max |logit difference| {diff} (measured: 0.0)"
 
 
-@needs_model
 def test_tokenizer_and_chat_template_agree_with_transformers(smollm2):
     from transformers import AutoTokenizer
 
@@ -142,7 +129,6 @@ def test_tokenizer_and_chat_template_agree_with_transformers(smollm2):
             assert ours.encode(text, allowed_special="all") == theirs(text, add_special_tokens=False)["input_ids"]
 
 
-@needs_model
 def test_a_changed_weights_file_is_refused(smollm2):
     weights = smollm2 / "model.safetensors"
     at = weights.stat().st_size // 2
