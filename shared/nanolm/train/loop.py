@@ -9,10 +9,10 @@ The design, in the order a step runs:
   summed gradients are those of one big batch. Then the gradient norm is clipped (the pre-clip norm
   is reported) and AdamW steps, with weight decay on matrices only (`param_groups`).
 - Precision: bf16 autocast on CUDA GPUs that support it, fp16 autocast + GradScaler on older ones,
-  fp32 elsewhere (`resolve_precision`). Measured on this course's CPU (AMD EPYC with AVX-512 bf16,
-  2 threads): a 1024^3 bf16 matmul runs at about twice the fp32 rate, yet a bf16-autocast training
-  step of a 4-layer, 128-wide GPT took 62 ms vs 60 ms in fp32 (the casts eat the gain) and rounds
-  more, so "auto" keeps fp32 on CPU. (CPUs without bf16 units are far slower still in bf16.)
+  fp32 elsewhere (`resolve_precision`). Measured for notebook 08's GPT step: on an AMD EPYC (2 threads)
+  bf16 matmuls ran at twice the fp32 rate, yet the bf16-autocast step took 62 ms vs 60 ms in fp32 (the
+  casts eat the gain); on an Intel Xeon (1 thread) bf16 matmuls ran at half the fp32 rate and the step
+  took 182 vs 97 ms. bf16 also rounds more, so "auto" keeps fp32 on CPU.
 - The hot path never waits for the device: losses stay on it as tensors and are read (.tolist(),
   one sync) only at log steps, checkpoints and the end of a `run`; evaluation, logging and checkpoints
   happen between steps. Progress lines come every `log_every` steps and at max_steps, however the run
