@@ -3,6 +3,7 @@
 import pytest
 import tolerances
 import torch
+from helpers import train_briefly
 
 from nanolm.core import artifacts
 from nanolm.model import gpt
@@ -28,16 +29,8 @@ def _ids(cfg=SMALL, B=3, T=None, seed=1):
 
 
 def _trained(model, steps=30, lr=2e-2):
-    """A few AdamW steps on random tokens: weights and logits well away from their tiny initial values, so a
-    near-equivalent activation or a wrong epsilon shows (at init the logits are ~0.4 and hide it)."""
-    ids = _ids(model.config, B=8, seed=5)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    for _ in range(steps):
-        model(ids, ids.roll(-1, 1))[1].backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval()
+    """Weights trained a little on random tokens (see helpers.train_briefly)."""
+    return train_briefly(model, _ids(model.config, B=8, seed=5), steps, lr)
 
 
 def test_logits_equal_hf_gpt2_both_ways():

@@ -5,6 +5,7 @@ import math
 import pytest
 import tolerances
 import torch
+from helpers import train_briefly
 
 from nanolm.core import artifacts
 from nanolm.model import gpt, layers, llama
@@ -153,16 +154,8 @@ def test_rope_runs_past_block_size_learned_positions_refuse():
 
 
 def _trained(model, steps=30, lr=2e-2):
-    """A few AdamW steps on random tokens: logits ~12 instead of the ~0.5 of a fresh model, which would hide a
-    near-equivalent activation or a wrong epsilon."""
-    ids = _ids(model.config, B=8, seed=5)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    for _ in range(steps):
-        model(ids, ids.roll(-1, 1))[1].backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval()
+    """Weights trained a little on random tokens (see helpers.train_briefly)."""
+    return train_briefly(model, _ids(model.config, B=8, seed=5), steps, lr)
 
 
 def test_logits_equal_hf_llama_both_ways():
