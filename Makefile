@@ -18,7 +18,7 @@ TORCH   := $(shell grep -m1 '^torch==' requirements.txt)
 export JUPYTER_PREFER_ENV_PATH := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup data course test lab execute blog report readme lint clean
+.PHONY: help setup data course test lab execute blog report readme lint mutants clean
 
 help:
 	@echo "make course [PROFILE=auto|smoke|cpu|gpu] [FROM=NN] [UPTO=NN]   run the notebooks headless"
@@ -76,6 +76,10 @@ readme: setup
 lint: setup
 	$(VENV)/bin/ruff check shared ci tests
 	$(VENV)/bin/lint-imports
+
+# Mutation testing of key library modules (slow; not part of `make test`): kill rate per module.
+mutants: setup data
+	$(PY) ci/mutants.py
 
 clean:
 	rm -rf build
