@@ -41,6 +41,8 @@ def workspace(modules: list[str], tests: list[str]) -> None:
     only = ", ".join(f'"src/nanolm/{m}"' for m in modules)
     selection = ", ".join(f'"{t}"' for t in tests)
     pyproject = (ROOT / "pyproject.toml").read_text()
+    (WORK / "mutants").mkdir()  # mutmut's copy; its paths.ROOT is here, so data/ must be found here too
+    (WORK / "mutants" / "data").symlink_to(ROOT / "data", target_is_directory=True)
     (WORK / "pyproject.toml").write_text(
         pyproject + f'\n[tool.mutmut]\nsource_paths = ["src/nanolm"]\nonly_mutate = [{only}]\n'
         f"pytest_add_cli_args_test_selection = [{selection}]\n")
