@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def summarize(text: str) -> int:
         name, _, status = line.strip().rpartition(": ")
         if "__mutmut_" not in name:
             continue
-        module = name.split(".x_")[0].split(".x__")[0]
+        module = re.split(r"\.x[_\u01c1]", name)[0]  # mutmut names functions x_<name>, methods x\u01c1Class\u01c1<name>
         row = per.setdefault(module, {})
         row[status] = row.get(status, 0) + 1
     for module, row in sorted(per.items()):
