@@ -62,3 +62,13 @@ class KVCache:
                 n = buf.numel() * buf.element_size()
                 total += n * self.length // self.max_len if used_only else n
         return total
+
+    def repeat(self, n: int) -> None:
+        """Copy a batch-1 cache into n rows, so n continuations can share one prefix (nanolm.eval.scorer)."""
+        if n < 1:
+            raise ValueError(f"repeat needs n >= 1, got {n}")
+        for i, bufs in enumerate(self.buffers):
+            if bufs is not None:
+                if bufs[0].size(0) != 1:
+                    raise ValueError(f"only a batch-1 cache can be repeated; layer {i} holds {bufs[0].size(0)} rows")
+                self.buffers[i] = tuple(b.repeat(n, *([1] * (b.dim() - 1))) for b in bufs)
