@@ -206,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     for p in ("smoke", "gpu"):
         folders[p] = build / p
     path = report_card(collect(folders), Path(args.out))
+    for profile in ("smoke", "cpu", "gpu"):  # the leaderboard notebook 10 saved (and 11-16 extended)
+        if (paths.checkpoints_dir() / profile / "eval-report").exists():
+            board = artifacts.load("eval-report", profile=profile).text("leaderboard.md")  # verified: a change is refused
+            print(f"\nleaderboard ({profile} profile, checkpoints/{profile}/eval-report):\n{board}")
     print(f"report card: {path.relative_to(paths.ROOT) if path.is_relative_to(paths.ROOT) else path}")
 
 
