@@ -96,3 +96,9 @@ def test_artifact_with_ids_outside_vocab_is_refused(tmp_path):
     charset.save("shakespeare-char", tok, bad, bad, notebook="03_sequence_models", profile="smoke", root=tmp_path)
     with pytest.raises(artifacts.ArtifactError, match="do not fit"):
         charset.load(profile="smoke", root=tmp_path)
+
+
+def test_decode_bytes_is_the_utf8_of_decode():
+    tok = charset.CharTokenizer.from_text("naïve café")
+    ids = tok.encode("café naïve")
+    assert tok.decode_bytes(ids) == "café naïve".encode("utf-8")

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import train_briefly
+
 from nanolm.eval.complete import complete, cut
 from nanolm.model.llama import Llama, LlamaConfig
 

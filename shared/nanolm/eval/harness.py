@@ -17,6 +17,8 @@ comparison with nanolm.eval.scorer. The harness scores the first `limit` documen
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -39,7 +41,7 @@ def process_docs(dataset):
 
 def _task_yaml(task: str, tasks_dir: Path) -> str:
     """A task config that includes the harness's own and points it at the verified local file."""
-    src = data.path(*tasks._FILES[task])
+    src = data.path(*tasks.FILES[task])
     lines = [f"include: {tasks_dir / _INCLUDE[task]}", f"task: nanolm_{task}", "tag: []", "dataset_path: json",
              "dataset_name: null", "dataset_kwargs:", "  data_files:", f"    validation: {src}",
              "training_split: null", "validation_split: validation", "test_split: null"]
@@ -68,7 +70,7 @@ def loglikelihoods(hf_folder: str | Path, limits: dict[str, int], batch_size: in
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    with tempfile.TemporaryDirectory(prefix="nanolm-lm-eval-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nanolm-lm-eval-") as tmp, _quiet():
         write_tasks(Path(tmp), list(limits))
         out = {}
         for name, limit in limits.items():  # one call per task: `limit` applies to every task of a call
@@ -78,6 +80,22 @@ def loglikelihoods(hf_folder: str | Path, limits: dict[str, int], batch_size: in
                 batch_size=batch_size, device=device, verbosity="ERROR")
             out[name] = [_sample(s) for s in sorted(res["samples"][f"nanolm_{name}"], key=lambda s: s["doc_id"])]
     return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Progress bars of the harness, datasets and transformers off (they are not results), on again after."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        datasets.enable_progress_bars()
+        hf_logging.enable_progress_bar()
 
 
 def _sample(s: dict) -> dict:

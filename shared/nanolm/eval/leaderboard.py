@@ -29,7 +29,7 @@ def _cell(value) -> str:
     if isinstance(value, dict):
         return f"{100 * value['value']:.1f} [{100 * value['lo']:.1f}, {100 * value['hi']:.1f}]"
     if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value / 1e6:.1f}M" if value >= 1e6 else f"{value:,}"
     return str(value)

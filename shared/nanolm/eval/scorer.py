@@ -19,6 +19,9 @@ its KV cache, copies it into one row per choice and runs only the continuations,
 (n_choices, longest continuation - 1) tokens. `score_full` runs each (context + continuation) from
 scratch, as a harness without a cache does; both give the same numbers up to float rounding.
 
+A continuation as long as the model's context or longer (the course's 128-token models meet some) is scored
+with a sliding window instead, each of its tokens predicted from the block_size tokens before it.
+
 Shapes: B choices, Tc context tokens, L longest continuation, V vocabulary.
 """
 
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .perplexity import windows  # sliding windows that score every position once
 
 Encode = Callable[[str], list[int]]
 METRICS = ("acc", "acc_norm", "acc_bytes", "acc_token")
@@ -72,20 +77,41 @@ def pick(choices: Sequence[Choice], metric: str = "acc") -> int:
     return values.index(max(values))
 
 
-def _pairs(encode: Encode, context: str, choices: Sequence[str], delimiter: str, block_size: int):
-    """Context ids (left-truncated to fit the longest continuation) and each choice's continuation ids."""
+def _pairs(encode: Encode, context: str, choices: Sequence[str], delimiter: str):
+    """Context ids and each choice's continuation ids."""
     if not choices:
         raise ValueError("an item needs at least one choice")
     pairs = [encode_pair(encode, context, delimiter + c) for c in choices]
-    ctx = pairs[0][0]
-    conts = [p[1] for p in pairs]
+    ctx, conts = pairs[0][0], [p[1] for p in pairs]
     if any(not c for c in conts):
         empty = [c for c, ids in zip(choices, conts, strict=True) if not ids]
         raise ValueError(f"a choice encodes to no tokens: {empty}")
+    return ctx, conts
+
+
+def _fits(ctx: list[int], conts: list[list[int]], block_size: int) -> list[int] | None:
+    """The context cut to its right end so that the longest continuation fits, or None when that cannot be."""
     longest = max(len(c) for c in conts)
-    if longest >= block_size:
-        raise ValueError(f"a continuation of {longest} tokens leaves no room for context in block_size {block_size}")
-    return ctx[-(block_size - longest):], conts  # lm-evaluation-harness also keeps the right end
+    return ctx[-(block_size - longest):] if longest < block_size else None  # the harness also keeps the right end
+
+
+def _windowed(model: nn.Module, ctx: list[int], conts: list[list[int]], choices: Sequence[str]) -> list[Choice]:
+    """Continuations longer than the context window: each token predicted from the block_size tokens before it."""
+    bs, device, out = model.config.block_size, next(model.parameters()).device, []
+    for ids, text in zip(conts, choices, strict=True):
+        seq = ctx[-bs:] + ids
+        first = len(seq) - len(ids)
+        total, greedy = 0.0, True
+        for start, end, lo in windows(len(seq), bs, max(1, bs // 2)):
+            lo = max(lo, first)
+            if end > lo:
+                logits, _ = model(torch.tensor([seq[start:end - 1]], device=device))  # (1, end - 1 - start, V)
+                logp = _log_softmax(logits[0, lo - 1 - start:])  # rows predicting seq[lo:end]
+                target = torch.tensor(seq[lo:end], device=device)
+                total += logp.gather(1, target[:, None]).sum().item()
+                greedy = greedy and bool((logp.argmax(-1) == target).all())
+        out.append(Choice(total, greedy, len(ids), len(text), len(text.encode("utf-8"))))
+    return out
 
 
 def _choices(logp: torch.Tensor, conts: list[list[int]], choices: Sequence[str]) -> list[Choice]:
@@ -115,7 +141,10 @@ def _pad(rows: list[list[int]], device) -> torch.Tensor:
 def score(model: nn.Module, encode: Encode, context: str, choices: Sequence[str], delimiter: str = " ") -> list[Choice]:
     """Score each choice as a continuation of context, running the context once (shared-prefix KV cache)."""
     device = next(model.parameters()).device
-    ctx, conts = _pairs(encode, context, choices, delimiter, model.config.block_size)
+    full_ctx, conts = _pairs(encode, context, choices, delimiter)
+    ctx = _fits(full_ctx, conts, model.config.block_size)
+    if ctx is None:
+        return _windowed(model, full_ctx, conts, choices)
     longest = max(len(c) for c in conts)
     cache = model.new_cache(len(ctx) + longest)
     ctx_logits, _ = model(torch.tensor([ctx], device=device), cache=cache)  # (1, Tc, V)
@@ -133,7 +162,10 @@ def score_full(model: nn.Module, encode: Encode, context: str, choices: Sequence
                delimiter: str = " ") -> list[Choice]:
     """The same scores with every (context + continuation) run from scratch in one padded batch."""
     device = next(model.parameters()).device
-    ctx, conts = _pairs(encode, context, choices, delimiter, model.config.block_size)
+    full_ctx, conts = _pairs(encode, context, choices, delimiter)
+    ctx = _fits(full_ctx, conts, model.config.block_size)
+    if ctx is None:
+        return _windowed(model, full_ctx, conts, choices)
     logits, _ = model(_pad([ctx + c[:-1] for c in conts], device))  # (B, Tc + L - 1, V)
     logp = _log_softmax(logits[:, len(ctx) - 1:])  # (B, L, V): from the last context position on
     return _choices(logp, conts, choices)

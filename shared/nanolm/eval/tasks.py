@@ -26,7 +26,7 @@ from ..core import data
 from . import scorer
 
 TASKS = ("hellaswag", "arc_easy", "arc_challenge")
-_FILES = {"hellaswag": ("hellaswag", "hellaswag_val_1000_sample.jsonl"),
+FILES = {"hellaswag": ("hellaswag", "hellaswag_val_1000_sample.jsonl"),
           "arc_easy": ("arc", "ARC-Easy-Dev.jsonl"), "arc_challenge": ("arc", "ARC-Challenge-Dev.jsonl")}
 
 
@@ -47,13 +47,15 @@ def _hellaswag_text(text: str) -> str:
     return text.replace("  ", " ")
 
 
-def _hellaswag(doc: dict) -> Item:
+def hellaswag_item(doc: dict) -> Item:
+    """One HellaSwag record as the harness prepares it."""
     ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
     return Item(str(doc["ind"]), _hellaswag_text(doc["activity_label"] + ": " + ctx),
                 tuple(_hellaswag_text(e) for e in doc["endings"]), int(doc["label"]))
 
 
-def _arc(doc: dict) -> Item:
+def arc_item(doc: dict) -> Item:
+    """One ARC record (AI2's layout) as the harness prepares it."""
     q = doc["question"]
     labels = [c["label"] for c in q["choices"]]
     return Item(doc["id"], f"Question: {q['stem']}\nAnswer:", tuple(c["text"] for c in q["choices"]),
@@ -62,16 +64,16 @@ def _arc(doc: dict) -> Item:
 
 def items(task: str, n: int | None = None) -> list[Item]:
     """The first n items of a task (all by default), prepared as the harness prepares them."""
-    if task not in _FILES:
+    if task not in FILES:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    docs = data.read_jsonl(*_FILES[task])
-    prepare = _hellaswag if task == "hellaswag" else _arc
+    docs = data.read_jsonl(*FILES[task])
+    prepare = hellaswag_item if task == "hellaswag" else arc_item
     return [prepare(d) for d in docs[:n]]
 
 
 def raw_docs(task: str, n: int | None = None) -> list[dict]:
     """The first n records of a task's file as stored (what lm-evaluation-harness reads)."""
-    return data.read_jsonl(*_FILES[task])[:n]
+    return data.read_jsonl(*FILES[task])[:n]
 
 
 @dataclass

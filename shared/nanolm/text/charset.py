@@ -70,6 +70,10 @@ class CharTokenizer:
                 f"the vocabulary has {self.vocab_size} characters: {''.join(self.chars)!r}"
             ) from None
 
+    def decode_bytes(self, ids: Iterable[int] | torch.Tensor) -> bytes:
+        """decode() as UTF-8 bytes (the same method the BPE and GGUF tokenizers have)."""
+        return self.decode(ids).encode("utf-8")
+
     def encode_tensor(self, text: str) -> torch.Tensor:
         """encode() as a 1-D int64 tensor."""
         return torch.tensor(self.encode(text), dtype=torch.long)
