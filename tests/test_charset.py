@@ -101,4 +101,4 @@ def test_artifact_with_ids_outside_vocab_is_refused(tmp_path):
 def test_decode_bytes_is_the_utf8_of_decode():
     tok = charset.CharTokenizer.from_text("naïve café")
     ids = tok.encode("café naïve")
-    assert tok.decode_bytes(ids) == "café naïve".encode("utf-8")
+    assert tok.decode_bytes(ids) == "café naïve".encode()

@@ -43,24 +43,31 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join([head, rule, *body]) + "\n"
 
 
-def save(rows: dict[str, dict], *, notebook: str, profile: str, details: dict | None = None) -> artifacts.Artifact:
-    """Save the leaderboard (rows, the markdown table and any per-task details) as `eval-report`."""
-    files = {"leaderboard.json": rows, "leaderboard.md": table(rows)}
+def save(name: str, rows: dict[str, dict], *, notebook: str, profile: str,
+         details: dict | None = None) -> artifacts.Artifact:
+    """Save the leaderboard (rows in order, the markdown table, any details) as the artifact `name`."""
+    files = {"leaderboard.json": [{"model": model, **row} for model, row in rows.items()],  # a list keeps the order
+             "leaderboard.md": table(rows)}
     if details:
         files["details.json"] = details
-    return artifacts.save(NAME, notebook=notebook, profile=profile, config={"columns": [k for k, _ in COLUMNS]},
+    return artifacts.save(name, notebook=notebook, profile=profile, config={"columns": [k for k, _ in COLUMNS]},
                           metrics={"models": list(rows)}, files=files)
 
 
-def load(profile: str) -> dict[str, dict]:
-    """The saved rows (verified); a missing report names notebook 10."""
-    return artifacts.load(NAME, profile=profile).json("leaderboard.json")
+def load(name: str = NAME, *, profile: str) -> dict[str, dict]:
+    """The saved rows, in order (verified); a missing report names the notebook to run."""
+    return _rows(artifacts.load(name, profile=profile))
 
 
-def add(name: str, row: dict, *, notebook: str, profile: str) -> dict[str, dict]:
+def _rows(art: artifacts.Artifact) -> dict[str, dict]:
+    """{model: row} from an artifact's leaderboard.json list."""
+    return {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in art.json("leaderboard.json")}
+
+
+def add(model: str, row: dict, *, notebook: str, profile: str, name: str = NAME) -> dict[str, dict]:
     """Add (or replace) one model's row and save the report again; returns every row."""
-    art = artifacts.load(NAME, profile=profile)
-    rows = {**art.json("leaderboard.json"), name: row}
+    art = artifacts.load(name, profile=profile)
+    rows = {**_rows(art), model: row}
     details = art.json("details.json") if "details.json" in art.files() else None
-    save(rows, notebook=notebook, profile=profile, details=details)
+    save(name, rows, notebook=notebook, profile=profile, details=details)
     return rows
