@@ -6,6 +6,8 @@ Its modules, each one idea:
     merging   combining adapters: linear, concatenation, SVD, TIES, DARE, each against the exact sum
     quant     NF4 (with double quantization), int8 and Q4_1 from scratch, bit-identical to bitsandbytes and gguf;
               NF4Linear, the frozen 4-bit base of QLoRA
+    qlora     LoRA adapters on a frozen NF4 base (QLoRALinear), dequantizing again in backward instead of storing
+    finetune  supervised fine-tuning with loss masks: the title -> abstract task, batches, a training loop, memory
 It stands on core, text, model, train and eval (it measures what it changes with eval's functions); only use and
 teach sit above it, and teach never imports it.
 """
