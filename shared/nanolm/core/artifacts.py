@@ -240,7 +240,7 @@ def _read_manifest(name: str, profile: str, folder: Path) -> dict:
     if not mpath.exists():
         raise ArtifactError(
             f"Artifact {name!r} for profile {profile!r} is missing (looked in {folder}). "
-            f"Run notebook {producer(name)} with PROFILE={profile!r} first"
+            f"Run {'notebook ' if producer_of(name) else ''}{producer(name)} with PROFILE={profile!r} first"
             + (f" (e.g. `make course PROFILE={profile} UPTO={producer_of(name)[:2]}`)." if producer_of(name) else ".")
         )
     try:
