@@ -197,10 +197,17 @@ def _check_plain_llama(model: nn.Module) -> None:
                          f"this model has {off}")
 
 
+def _wrap_linear(layer: nn.Module, blocks: dict[str, int], path: str) -> LoRALinear:
+    """A plain nn.Linear becomes a LoRALinear; one already wrapped is kept (it gains another adapter)."""
+    return layer if isinstance(layer, LoRALinear) else LoRALinear(layer, blocks)
+
+
 def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, targets: str | Iterable[str] = "all",
                dropout: float = 0.0, rslora: bool = False, use_dora: bool = False,
-               seed: int | None = None) -> nn.Module:
-    """Freeze a Llama and put LoRA (or DoRA) adapters on the target matrices of every block, in place."""
+               seed: int | None = None, wrap=_wrap_linear) -> nn.Module:
+    """Freeze a Llama and put LoRA (or DoRA) adapters on the target matrices of every block, in place.
+
+    wrap(layer, row_blocks, path) turns a target layer into one that holds adapters (qlora passes its own)."""
     _check_plain_llama(model)
     names = resolve_targets(targets)
     model.requires_grad_(False)
@@ -210,10 +217,8 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, targets: str | I
             path, rows = TARGETS[target]
             parent_name, attr = path.split(".")
             parent = getattr(block, parent_name)
-            layer = getattr(parent, attr)
-            if not isinstance(layer, LoRALinear):
-                layer = LoRALinear(layer, _row_blocks(model.config, path))
-                setattr(parent, attr, layer)
+            layer = wrap(getattr(parent, attr), _row_blocks(model.config, path), path)
+            setattr(parent, attr, layer)
             layer.add_adapter(rows, r, alpha, dropout=dropout, rslora=rslora, use_dora=use_dora,
                               generator=generator)
     return model

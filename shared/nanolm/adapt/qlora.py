@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import TARGETS, Adapter, LoRALinear, _check_plain_llama, _row_blocks, resolve_targets
+from .lora import Adapter, LoRALinear, _check_plain_llama, apply_lora
 from .quant import NF4Linear
 
 QUANTIZED = ("attn.wqkv", "attn.wo", "ffn.gate_up", "ffn.down")  # every matrix a LoRA target lives in
@@ -120,28 +120,20 @@ def quantize_base(model: nn.Module, blocksize: int = 64, double_quant: bool = Tr
     return model.requires_grad_(False)
 
 
+def _wrap_nf4(layer: nn.Module, blocks: dict[str, int], path: str) -> QLoRALinear:
+    """An NF4Linear becomes a QLoRALinear; one already wrapped is kept; anything else was never quantized."""
+    if isinstance(layer, NF4Linear):
+        return QLoRALinear(layer, blocks)
+    if not isinstance(layer, QLoRALinear):
+        raise ValueError(f"{path} is a {type(layer).__name__}, not 4-bit: quantize_base(model) first")
+    return layer
+
+
 def apply_qlora(model: nn.Module, r: int = 8, alpha: float = 16, targets: str | Iterable[str] = "all",
                 dropout: float = 0.0, rslora: bool = False, use_dora: bool = False,
                 seed: int | None = None) -> nn.Module:
-    """Put LoRA adapters on the target matrices of a quantize_base'd Llama, in place (as lora.apply_lora)."""
-    _check_plain_llama(model)
-    names = resolve_targets(targets)
-    model.requires_grad_(False)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None  # same draws as apply_lora
-    for block in model.blocks:
-        for target in names:
-            path, rows = TARGETS[target]
-            parent_name, attr = path.split(".")
-            parent = getattr(block, parent_name)
-            layer = getattr(parent, attr)
-            if isinstance(layer, NF4Linear):
-                layer = QLoRALinear(layer, _row_blocks(model.config, path))
-                setattr(parent, attr, layer)
-            elif not isinstance(layer, QLoRALinear):
-                raise ValueError(f"{path} is a {type(layer).__name__}, not 4-bit: quantize_base(model) first")
-            layer.add_adapter(rows, r, alpha, dropout=dropout, rslora=rslora, use_dora=use_dora,
-                              generator=generator)
-    return model
+    """Put LoRA adapters on the target matrices of a quantize_base'd Llama, in place (lora.apply_lora's loop)."""
+    return apply_lora(model, r, alpha, targets, dropout, rslora, use_dora, seed, wrap=_wrap_nf4)
 
 
 def qlora_layers(model: nn.Module) -> dict[str, QLoRALinear]:
