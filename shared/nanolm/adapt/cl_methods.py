@@ -156,7 +156,7 @@ def _self_synthesized(model: nn.Module, study: Study, old: list[str], seed: int)
 # ----------------------------------------------------------------------------- adapters
 
 
-def _route(study: Study, base: nn.Module, tasks: list[str]) -> router.Router:
+def fit_router(study: Study, base: nn.Module, tasks: list[str]) -> router.Router:
     """A router fitted on the frozen model's features of each learned task's train prompts and of text."""
     prompts, labels = [], []
     for task in tasks:
@@ -222,7 +222,7 @@ def run_lora(model: nn.Module, study: Study, *, seed: int, r: int = 8, alpha: fl
         oracle.R.append(row)
         _set_adapter(model, states, "", zero)
         oracle.text_loss.append(oracle.text_loss[0])  # the text never meets an adapter when the id is known
-        accs, loss = _routed_score(model, study, states, zero, _route(study, model, study.tasks[: i + 1]),
+        accs, loss = _routed_score(model, study, states, zero, fit_router(study, model, study.tasks[: i + 1]),
                                    routed.routes)
         routed.R.append(accs)
         routed.text_loss.append(loss)
@@ -230,7 +230,7 @@ def run_lora(model: nn.Module, study: Study, *, seed: int, r: int = 8, alpha: fl
     adapter_bytes = trainable_parameters(model)[1]  # A and B of one task
     oracle.seconds = routed.seconds = seconds
     oracle.memory_bytes = adapter_bytes * len(study.tasks)
-    routed.memory_bytes = oracle.memory_bytes + _route(study, model, study.tasks).memory_bytes()
+    routed.memory_bytes = oracle.memory_bytes + fit_router(study, model, study.tasks).memory_bytes()
     return oracle, routed
 
 

@@ -25,7 +25,7 @@ SYLLABUS = [
     Phase("09_modern_architecture", "RoPE, RMSNorm, SwiGLU, GQA, KV cache, MLA, MoE, FlashAttention; SmolLM2 read from its GGUF file into our Llama", ("base", "smollm2"), ("bpe-tokenizer", "gpt-base", "token-shards")),
     Phase("10_evaluation", "a log-probability scorer checked item by item against lm-evaluation-harness; HellaSwag, ARC, GSM8K, HumanEval in a limited process; perplexity three ways; contamination; a leaderboard", ("eval-report",), ("gpt-char", "gpt-base", "base", "smollm2")),
     Phase("11_lora", "LoRA and DoRA from scratch equal to PEFT, merging, NF4 bit-identical to bitsandbytes, QLoRA, a real fine-tune of SmolLM2", ("adapters/",), ("base", "smollm2")),
-    Phase("12_continual_learning", "forgetting, rehearsal, EWC, LoRA-per-task with a router", ("cl-model", "adapter-library"), ("base", "smollm2", "adapters/")),
+    Phase("12_continual_learning", "forgetting, rehearsal, EWC, LoRA-per-task with a router", ("cl-model", "adapter-library"), ("smollm2", "adapters/")),
     Phase("13_alignment", "chat template, SFT with loss masks, DPO, GRPO", ("chat",), ("base", "smollm2")),
     Phase("14_tools_and_rag", "tool calls, calculator, Python sandbox, retrieval, ReAct", ("chat-tools", "rag-index"), ("chat", "smollm2", "adapter-library")),
     Phase("15_distributed_training", "memory accounting, activation checkpointing, DDP and FSDP", (), ("base",)),
