@@ -89,9 +89,10 @@ def test_artifacts_of_the_syllabus_row(path):
     saves, loads = SYLLABUS[path.stem]
     source = "\n".join(_src(c) for c in _load(path)["cells"] if c["cell_type"] == "code")
     for name in saves:
-        # every save takes the artifact's name first: bpe.save("name", tok, ...), artifacts.save("name", ...)
+        # every save takes the artifact's name first: bpe.save("name", tok, ...), artifacts.save("name", ...),
+        # artifacts.save_model("name", model, ...)
         # or, for an imported model, its own save: models.save_smollm2(...)
-        saved = rf"""\.save\(\s*(?:#[^\n]*\n\s*)?f?["']{re.escape(name)}["']|\.save_{re.escape(name.replace('-', '_'))}\("""
+        saved = rf"""\.save(?:_model)?\(\s*(?:#[^\n]*\n\s*)?f?["']{re.escape(name)}["']|\.save_{re.escape(name.replace('-', '_'))}\("""
         if name == "adapters/":  # a family: adapters.save("x", ...) writes the artifact adapters/x
             saved = r"""adapters\.save\(\s*["'][\w.-]+["']"""
         assert re.search(saved, source), f"{path.stem} must save {name!r}"
