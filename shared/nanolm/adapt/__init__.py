@@ -8,6 +8,17 @@ Its modules, each one idea:
               NF4Linear, the frozen 4-bit base of QLoRA
     qlora     LoRA adapters on a frozen NF4 base (QLoRALinear), dequantizing again in backward instead of storing
     finetune  supervised fine-tuning with loss masks: the title -> abstract task, batches, a training loop, memory
+    continual the accuracy matrix and its metrics (ACC, BWT, FWT, forgetting), replay buffers and batches
+    ewc       Elastic Weight Consolidation: diagonal Fisher (true and empirical) and the quadratic anchor
+    router    picks an adapter from a prompt: nearest centroid of the frozen model's mean hidden state
+    cl_tasks  notebook 12's four-task exact-match bench (byte-level), exact match in one teacher-forced pass
+    cl_methods  learning a task sequence with one method (sequential, replay, EWC, SSR, adapters) into R
+    learn     teaching a model made-up facts through LoRA, and the paired retention check (16's /learn)
+    library   several adapters and their router as one artifact (adapter-library)
+    sft_data  chat SFT conversations: GSM8K with calculator calls, facts, identity, Self-Instruct, Topical-Chat
+    reward    a reward model (scalar head, Bradley-Terry) and HH-RLHF preference pairs
+    dpo       DPO's losses (sigmoid, hinge, IPO) and implicit-reward metrics, equal to TRL
+    grpo      GRPO's group advantages, k3 KL and clipped surrogate, equal to TRL
 It stands on core, text, model, train and eval (it measures what it changes with eval's functions); only use and
 teach sit above it, and teach never imports it.
 """
