@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "build" / "mutants"
 DEFAULT = {  # module under shared/nanolm -> the test files that cover it
     "core/files.py": ["tests/test_files.py", "tests/test_artifacts.py", "tests/test_checkpoint.py"],
-    "core/artifacts.py": ["tests/test_artifacts.py"],
+    "core/artifacts.py": ["tests/test_artifacts.py", "tests/test_artifacts_tamper.py"],
     "text/bpe_train.py": ["tests/test_bpe.py"],
     "text/bpe.py": ["tests/test_bpe.py"],
     "model/attend.py": ["tests/test_flash.py", "tests/test_llama.py"],

@@ -261,6 +261,9 @@ def _read_manifest(name: str, profile: str, folder: Path) -> dict:
     if manifest.get("profile") != profile:
         raise ArtifactError(f"Artifact {name!r} in {folder} was saved for profile {manifest.get('profile')!r}, "
                             f"not {profile!r}. Re-run {producer(name)} with PROFILE={profile!r}.")
+    if manifest.get("name") != name:  # a folder copied or renamed: the files are another artifact's
+        raise ArtifactError(f"Artifact {name!r} in {folder} holds the artifact {manifest.get('name')!r} (copied or "
+                            f"renamed?). Refusing to load it. Re-run {producer(name)}.")
     for fn in listed:
         try:
             check_plain_name(fn, "listed file")
