@@ -390,3 +390,256 @@ def test_train_accepts_several_texts_or_counts_and_both_trainers_agree():
         bpe_train.train(pretokenize.pretoken_counts(parts), 400, trainer="plain")
     with pytest.raises(bpe.TokenizerError, match="unknown trainer"):
         bpe_train.train(parts, 400, trainer="slow")
+
+
+# ----------------------------------------------------------------------------- exact behaviour (mutation tests)
+# A tiny vocabulary where every result can be worked out by hand, and a naive encoder from the rule alone.
+
+TINY_MERGES = [(97, 97), (256, 97), (97, 98), (98, 97), (258, 259)]  # aa, aaa, ab, ba, abba
+
+
+def naive_encode_piece(vocab: list[bytes], piece: bytes, shortcut: bool = True) -> list[int]:
+    """tiktoken's rule on bytes: the whole piece if it is a token, else merge the adjacent pair whose bytes have
+    the lowest id, leftmost first."""
+    ids = {b: i for i, b in enumerate(vocab)}
+    if shortcut and piece in ids:
+        return [ids[piece]]
+    parts = [piece[i:i + 1] for i in range(len(piece))]
+    while True:
+        found = [(ids[parts[i] + parts[i + 1]], i) for i in range(len(parts) - 1) if parts[i] + parts[i + 1] in ids]
+        if not found:
+            return [ids[p] for p in parts]
+        _, i = min(found)
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return bpe.Tokenizer.from_merges(TINY_MERGES, "gpt4", ["<|b|>", "<|a|>"])
+
+
+def test_tiny_vocabulary_ids_by_hand(tiny):
+    """Catches wrong ids for merges/specials and a wrong vocab_size, special() or token_bytes()."""
+    assert tiny.vocab[256:] == [b"aa", b"aaa", b"ab", b"ba", b"abba"]
+    assert tiny.special_tokens == {"<|b|>": 261, "<|a|>": 262} and tiny.vocab_size == 263
+    assert tiny.special("<|a|>") == 262 and tiny.token_bytes(262) == b"<|a|>"
+    assert tiny.token_bytes(0) == b"\x00" and tiny.token_bytes(260) == b"abba" and tiny.token_bytes(261) == b"<|b|>"
+    assert tiny.name == "nanolm-bpe" and tiny.merges == TINY_MERGES
+    assert repr(tiny) == "Tokenizer('nanolm-bpe', pattern='gpt4', vocab_size=263, specials=2)"
+    for bad in (-1, 263, 1000):
+        with pytest.raises(bpe.TokenizerError, match=f"token id {bad} is not in this vocabulary \\(size 263\\)"):
+            tiny.token_bytes(bad)
+    with pytest.raises(bpe.TokenizerError, match="'<|c|>' is not a special token"):
+        tiny.special("<|c|>")
+
+
+def test_tiny_encoding_by_hand(tiny):
+    """Catches merging the wrong pair: lowest id first, leftmost among equal ids, the whole-piece shortcut."""
+    assert tiny.encode_ordinary("aaaa") == [256, 256]  # (a,a) leftmost twice: aa aa; (aa,aa) is no token
+    assert tiny.encode_ordinary("aaa") == [257]  # whole piece
+    assert tiny._bpe(b"aaaaa") == [256, 257]  # aa a a a -> aa aa a (256 < 257) -> aa aaa
+    assert tiny.encode_ordinary("abab") == [258, 258]  # ab ab (ba in the middle has a larger id)
+    assert tiny.encode_ordinary("abba") == [260]
+    assert tiny.encode_ordinary("xabbay") == [120, 260, 121]
+    assert tiny.encode_ordinary("b") == [98] and tiny.encode_ordinary("") == []
+
+
+def test_tiny_encoding_equals_naive_reference_short_and_long(tiny):
+    """Catches a wrong merge order in _bpe or the heap path (_bpe_heap), at every length around _LONG_PIECE."""
+    rng = random.Random(1)
+    for n in [*range(1, 70), 120, 333]:
+        for _ in range(4):
+            s = "".join(rng.choice("ab") for _ in range(n))
+            piece = s.encode()
+            assert tiny.encode_ordinary(s) == naive_encode_piece(tiny.vocab, piece), s
+            no_shortcut = naive_encode_piece(tiny.vocab, piece, shortcut=False)
+            assert tiny._bpe_heap([tiny.byte_ids[b] for b in piece]) == no_shortcut, s
+
+
+def test_heap_path_equals_naive_reference_on_a_trained_vocabulary(tok):
+    """Catches heap bookkeeping bugs (links, stale entries) on a realistic vocabulary with many merges."""
+    rng = random.Random(2)
+    for n in (2, 3, 5, 49, 200):
+        for _ in range(10):
+            piece = "".join(rng.choice("the ") for _ in range(n)).encode()
+            ids = [tok.byte_ids[b] for b in piece]
+            assert tok._bpe_heap(ids) == naive_encode_piece(tok.vocab, piece, shortcut=False)
+
+
+def test_whole_piece_shortcut_and_permuted_ranks():
+    """Catches a missing whole-piece shortcut and wrong from_ranks ids (tiktoken encodes 'abc' as one token)."""
+    tiktoken = pytest.importorskip("tiktoken")
+    ranks = {bytes([b]): (b + 7) % 256 for b in range(256)} | {b"abc": 256}
+    ours = bpe.Tokenizer.from_ranks(ranks, "gpt4", {"<|x|>": 300})
+    ref = tiktoken.Encoding("t", pat_str=PAT["gpt4"], mergeable_ranks=ranks, special_tokens={"<|x|>": 300})
+    for s in ("abc", "abcd", "x abc abcabc", "<|x|>abc"):
+        assert ours.encode(s, allowed_special="all") == ref.encode(s, allowed_special="all"), s
+    assert ours.encode_ordinary("abc") == [256] and ours.encode_ordinary("abcd") == [104, 105, 106, 107]
+    assert ours.name == "ranks" and ours.vocab_size == 301 and ours.token_bytes(300) == b"<|x|>"
+    enc = ours.to_tiktoken()  # specials not contiguous: no explicit_n_vocab
+    assert enc is ours.to_tiktoken() and enc.name == "ranks"
+    assert enc.encode("x abc<|x|>", allowed_special="all") == ref.encode("x abc<|x|>", allowed_special="all")
+
+
+def test_constructor_rejects_bad_vocabularies():
+    """Catches accepting duplicate bytes, missing single bytes, taken special ids or a bad rank permutation."""
+    base = [bytes([i]) for i in range(256)]
+    with pytest.raises(bpe.TokenizerError, match="^two token ids share the same bytes; a BPE vocabulary needs unique bytes$"):
+        bpe.Tokenizer([*base, b"a"])
+    with pytest.raises(bpe.TokenizerError, match="lacks 1 single bytes \\(e.g. 255\\)"):
+        bpe.Tokenizer([*base[:255], b"ab"])
+    with pytest.raises(bpe.TokenizerError, match="'<|x|>' has id 255"):
+        bpe.Tokenizer(base, special_tokens={"<|x|>": 255})
+    with pytest.raises(bpe.TokenizerError, match="already taken"):
+        bpe.Tokenizer(base, special_tokens={"<|x|>": 256, "<|y|>": 256})
+    ok = bpe.Tokenizer(base, special_tokens={"<|x|>": 256, "<|y|>": 258})
+    assert ok.vocab_size == 259 and ok.merges is None and ok.decode([256, 97, 258]) == "<|x|>a<|y|>"
+    with pytest.raises(bpe.TokenizerError, match="not a permutation of 0..1 \\(rank 2\\)"):
+        bpe.Tokenizer.from_ranks({b"a": 0, b"b": 2}, "gpt4")
+    with pytest.raises(bpe.TokenizerError, match="rank -1"):
+        bpe.Tokenizer.from_ranks({b"a": 0, b"b": -1}, "gpt4")
+    with pytest.raises(bpe.TokenizerError, match="rank 0"):
+        bpe.Tokenizer.from_ranks({b"a": 0, b"b": 0}, "gpt4")
+
+
+def test_from_merges_checks_each_merge_refers_to_an_existing_token():
+    """Catches off-by-one bounds in from_merges: id 255 exists at the first merge, 256 and -1 do not."""
+    assert bpe.Tokenizer.from_merges([(255, 0), (256, 256)], special_tokens=[]).vocab[257] == b"\xff\x00\xff\x00"
+    assert bpe.Tokenizer.from_merges([(0, 255)], special_tokens=[]).vocab[256] == b"\x00\xff"
+    for bad in [(256, 0), (0, 256), (-1, 0), (0, -1)]:
+        with pytest.raises(bpe.TokenizerError, match=f"merge 0 \\({bad[0]}, {bad[1]}\\) refers"):
+            bpe.Tokenizer.from_merges([bad])
+    assert bpe.num_merges(264, 8) == 0
+    with pytest.raises(bpe.TokenizerError, match="vocab_size 263 is below 256 bytes \\+ 8 special tokens"):
+        bpe.num_merges(263, 8)
+
+
+def test_special_token_splitting_exact(tiny):
+    """Catches a wrong split around specials (ids, order, empty parts) and the longest-special-first rule."""
+    assert tiny.encode("aa<|a|><|b|>ab<|a|>", allowed_special="all") == [256, 262, 261, 258, 262]
+    assert tiny.encode("<|a|>", allowed_special={"<|a|>"}) == [262]
+    assert tiny.encode("<|b|>aa", allowed_special={"<|a|>"}) == tiny.encode_ordinary("<|b|>") + [256]
+    nested = bpe.Tokenizer.from_merges([], special_tokens=["<|e|>", "<|e|>x", "x<|e|>"])
+    assert nested.encode("<|e|>x<|e|>", allowed_special="all") == [257, 256]
+    with pytest.raises(bpe.TokenizerError, match="disallowed_special is 'text' or 'raise', not 'drop'"):
+        tiny.encode("a", disallowed_special="drop")
+    with pytest.raises(bpe.TokenizerError, match="not special tokens of this tokenizer: \\['<|c|>'\\]"):
+        tiny.encode("a", allowed_special=["<|c|>", "<|a|>"])
+    assert tiny.encode("<|a|><|b|>", allowed_special={"<|a|>"}, disallowed_special="text")[0] == 262
+    with pytest.raises(bpe.TokenizerError, match="special token '<\\|b\\|>', which is not allowed here; pass "
+                       "allowed_special=\\{'<\\|b\\|>'\\} to encode it as a special token, or "
+                       "disallowed_special='text' to encode it as ordinary text$"):
+        tiny.encode("<|a|><|b|>", allowed_special={"<|a|>"}, disallowed_special="raise")
+    assert tiny.encode("<|a|>", allowed_special={"<|a|>"}, disallowed_special="raise") == [262]
+    with pytest.raises(bpe.TokenizerError, match="^allowed_special is 'none', 'all' or a set of tokens, not 'some'$"):
+        tiny.encode("a", allowed_special="some")
+
+
+def test_decode_bytes_errors_name_the_bad_id(tiny):
+    """Catches decode_bytes accepting bad ids, or its error path failing on iterators and non-int ids."""
+    assert tiny.decode_bytes(iter([97, 262, 260])) == b"a<|a|>abba"
+    assert tiny.decode_bytes((98,)) == b"b" and tiny.decode([0xE2, 0x82, 0xAC]) == "€"
+    assert tiny.decode([0xE2], errors="ignore") == ""
+    for ids, bad in [(iter([97, 263]), "263"), ([0, -1], "-1"), ([97, None], "None"), ((0, 900), "900")]:
+        with pytest.raises(bpe.TokenizerError, match=f"token id {bad} is not in this vocabulary \\(size 263\\)"):
+            tiny.decode_bytes(ids)
+    no_specials = bpe.Tokenizer([bytes([i]) for i in range(256)])
+    with pytest.raises(bpe.TokenizerError, match="token id 256 is not in this vocabulary \\(size 256\\)"):
+        no_specials.decode_bytes([0, 256])
+
+
+def test_cache_never_exceeds_its_limit(tiny, monkeypatch):
+    """Catches a cache that grows without bound (the clear at the limit skipped or off by one)."""
+    t = bpe.Tokenizer.from_merges(TINY_MERGES, "gpt4", [])
+    monkeypatch.setattr(bpe, "_CACHE_LIMIT", 3)
+    for word in ("a", "b", "c", "d", "e"):
+        t.encode_ordinary(word)
+        assert len(t._cache) <= 3
+    assert t.encode_ordinary(" aaa") == [32, 257] and t._cache[" aaa"] == (32, 257)
+
+
+def test_cache_is_used():
+    """Catches a cache that is filled but never read: each distinct pre-token is merged once."""
+    t = bpe.Tokenizer.from_merges(TINY_MERGES, "gpt4", [])
+    calls = []
+    real = t._bpe
+    t._bpe = lambda piece: calls.append(piece) or real(piece)
+    assert t.encode_ordinary("abab abab abab") == [258, 258, 32, 258, 258, 32, 258, 258]
+    assert calls == [b"abab", b" abab"]
+
+
+def test_dumps_exact_text_and_loads_round_trip():
+    """Catches any change in the file format: header, specials sorted by id, ASCII-escaped JSON, merges."""
+    t = bpe.Tokenizer.from_merges([(97, 98), (256, 99)], "gpt2", ["<|z|>", "<|é a|>"])
+    assert t.dumps() == ('nanolm-bpe v1\npattern gpt2\nspecials 2\n258 "<|z|>"\n259 "<|\\u00e9 a|>"\n'
+                         "merges 2\n97 98\n256 99\n")
+    back = bpe.Tokenizer.loads(t.dumps() + "\n  \n")
+    assert (back.merges, back.special_tokens, back.pattern) == (t.merges, t.special_tokens, "gpt2")
+    empty = bpe.Tokenizer.loads("nanolm-bpe v1\npattern gpt4\nspecials 0\nmerges 0")
+    assert empty.vocab_size == 256 and empty.merges == [] and empty.special_tokens == {}
+    with pytest.raises(bpe.TokenizerError,
+                       match="^only tokenizers with a merge list \\(trained or loaded\\) can be saved as text$"):
+        bpe.Tokenizer(t.vocab).dumps()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "not a nanolm BPE tokenizer file: the first line should be 'nanolm-bpe v1'"),
+    ("nanolm-bpe v1", "truncated: expected 'pattern ...' at line 2"),
+    ("nanolm-bpe v1\npattern gpt4 x", "line 2 should be 'pattern ...', not 'pattern gpt4 x'"),
+    ("nanolm-bpe v1\npattern", "line 2 should be 'pattern ...', not 'pattern'"),
+    ("nanolm-bpe v1\npattern gpt4\nspecials 1", "truncated: expected a special token at line 4"),
+    ("nanolm-bpe v1\npattern gpt4\nspecials 0\nmerges 1", "truncated: expected a merge at line 5"),
+    ("nanolm-bpe v1\npattern gpt4\nspecials 0\nmerges 1\n97", "cannot parse line 5: '97'"),
+    ("nanolm-bpe v1\npattern gpt4\nspecials 0\nmerges 1\n97 98 99", "cannot parse line 5: '97 98 99'"),
+    ("nanolm-bpe v1\npattern gpt4\nspecials 1\n256 <|x|>\nmerges 0", "cannot parse line 4: '256 <|x|>'"),
+    ("nanolm-bpe v1\npattern gpt4\nspecials 1\n300 \"<|x|>\"\nmerges 0", "^tokenizer file: special-token ids do not follow the merges$"),
+    ("nanolm-bpe v1\npattern gpt4\nspecials 1\n256\t\"<|x|>\"\nmerges 0", "cannot parse line 4"),
+    ("nanolm-bpe v1\npattern gpt4\nspecials 0\nmerges 0\n\nx", "unexpected text after the last merge \\(line 5\\)"),
+])
+def test_loads_rejects_exact(text, message):
+    """Catches loads() accepting a malformed file or failing with an error other than a clear TokenizerError."""
+    with pytest.raises(bpe.TokenizerError, match=message):
+        bpe.Tokenizer.loads(text)
+
+
+def test_truncated_keeps_special_order_and_bounds(tiny):
+    """Catches truncated() off by one at the full size, or losing the specials' id order."""
+    same = tiny.truncated(263)
+    assert same.merges == TINY_MERGES and same.special_tokens == tiny.special_tokens
+    smaller = tiny.truncated(260)
+    assert smaller.merges == TINY_MERGES[:2] and smaller.special_tokens == {"<|b|>": 258, "<|a|>": 259}
+    with pytest.raises(bpe.TokenizerError, match="only 5 merges; cannot grow to 264"):
+        tiny.truncated(264)
+    with pytest.raises(bpe.TokenizerError, match="^truncated\\(\\) needs a tokenizer with a merge list \\(trained or loaded\\)$"):
+        bpe.Tokenizer(tiny.vocab).truncated(256)
+
+
+def test_load_reads_utf8_whatever_the_locale(tiny, tmp_path, monkeypatch):
+    """Catches Tokenizer.load reading the file in the locale's encoding (not always UTF-8) instead of UTF-8."""
+    import codecs
+    import pathlib
+
+    asked, real = [], pathlib.Path.read_text
+
+    def spy(self, encoding=None, errors=None):
+        asked.append(encoding)
+        return real(self, encoding=encoding, errors=errors)
+
+    tiny.save(tmp_path / "t.bpe")
+    monkeypatch.setattr(pathlib.Path, "read_text", spy)
+    assert bpe.Tokenizer.load(tmp_path / "t.bpe").merges == TINY_MERGES
+    assert len(asked) == 1 and asked[0] is not None and codecs.lookup(asked[0]).name == "utf-8"
+
+
+def test_tokenizer_artifact_round_trip(tiny, tmp_path):
+    """Catches a wrong artifact config or name in bpe.save/bpe.load."""
+    art = bpe.save("tiny-tok", tiny, notebook="04_tokenization", profile="smoke", config={"extra": 1},
+                   metrics={"m": 2.0}, root=tmp_path)
+    assert art.config == {"vocab_size": 263, "pattern": "gpt4", "special_tokens": {"<|b|>": 261, "<|a|>": 262},
+                          "extra": 1}
+    assert art.metrics == {"m": 2.0} and art.text(bpe.FILENAME) == tiny.dumps()
+    assert art.manifest["notebook"] == "04_tokenization"
+    back = bpe.load("tiny-tok", profile="smoke", root=tmp_path)
+    assert back.name == "tiny-tok-smoke" and back.merges == TINY_MERGES and back.special_tokens == tiny.special_tokens
+    with pytest.raises(bpe.TokenizerError, match="^only a tokenizer with a merge list \\(trained or loaded\\) can be saved$"):
+        bpe.save("x", bpe.Tokenizer(tiny.vocab), notebook="04_tokenization", profile="smoke", root=tmp_path)

@@ -4,6 +4,7 @@ atomic and verified checkpoints, precision choice and the progress line."""
 import copy
 import math
 import re
+from pathlib import Path
 
 import pytest
 import tolerances
@@ -559,3 +560,364 @@ def test_checkpoint_without_window_still_loads(tmp_path, monkeypatch):
 def test_minimal_loop_needs_a_step():
     with pytest.raises(ValueError, match="steps must be >= 1"):
         train.minimal_loop(tiny_gpt(), ToySource(stream(), 4, 16), 0, cfg())
+
+
+# ------------------------------------------------------------------------------ exact behaviour (mutation tests)
+
+
+class FakeWriter:
+    """Records add_scalar calls in place of TensorBoard's SummaryWriter."""
+
+    def __init__(self):
+        self.scalars, self.flushed, self.closed = [], 0, False
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def flush(self):
+        self.flushed += 1
+
+    def close(self):
+        self.closed = True
+
+
+def test_human_and_progress_line_exact():
+    """Catches off-by-one unit thresholds and wrong number formats in the progress line."""
+    assert [loop.human(x) for x in (0, 999, 999.4, 1000, 18_449, 999_999, 1e6, 2.5e6, 1_015_000.5)] == [
+        "0", "999", "999", "1.0k", "18.4k", "1000.0k", "1.00M", "2.50M", "1.02M"]
+    assert loop.progress_line(3, 9, 2.0, 1e-3, 950, None, 12.34) == (
+        "step 3/9 | loss 2.00 | lr 1.0e-03 | 950 tok/s | mfu n/a | 12.3 s")
+    assert loop.progress_line(1, 2, 0.123, 3e-5, 2e6, 0.5, 0.0) == (
+        "step 1/2 | loss 0.12 | lr 3.0e-05 | 2.00M tok/s | mfu 50.0% | 0.0 s")
+
+
+def test_log_records_exact_values():
+    """Catches a wrong loss mean, lr step, token count, mfu formula or grad norm in the logged records."""
+    from nanolm.train.flops import model_flops_per_token
+    from nanolm.train.schedules import lr_at
+
+    lines = []
+    c = cfg(max_steps=5, log_every=2, grad_clip=0.0)
+    t = trainer(c=c, lines=lines)
+    hist = t.run(until_step=9)  # until_step past max_steps stops at max_steps
+    assert t.step == 5 and [h["step"] for h in hist] == [2, 4, 5]
+    fpt = model_flops_per_token(t.model, 16)
+    for h, losses, n in zip(hist, (t.losses[0:2], t.losses[2:4], t.losses[4:5]), (2, 4, 5), strict=True):
+        assert h["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-12)
+        assert h["lr"] == lr_at(n - 1, c) and h["tokens"] == n * 4 * 16
+        assert h["mfu"] == pytest.approx(h["tok_per_s"] * fpt / 1e11, rel=1e-9)
+        assert set(h) == {"step", "loss", "lr", "tok_per_s", "mfu", "time", "tokens", "grad_norm"}
+    assert hist[0]["time"] < hist[1]["time"] < hist[2]["time"] == t.elapsed
+    assert lines[2].startswith(f"step 5/5 | loss {hist[2]['loss']:.2f} | lr {hist[2]['lr']:.1e} | ")
+    assert all(p.grad is None for p in t.model.parameters())  # zero_grad(set_to_none=True)
+
+
+def test_grad_norm_of_a_log_step_equals_a_hand_computed_one():
+    """Catches the unclipped path reporting no norm, or the norm of another step, in the log record."""
+    c = cfg(max_steps=1, warmup_steps=0, grad_clip=0.0, log_every=1)
+    t = trainer(c=c)
+    x, y = ToySource(stream(), 4, 16, seed=0).next_batch()
+    ref = tiny_gpt()
+    ref(x, y)[1].backward()
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in ref.parameters()]))
+    t.run()
+    assert t.history[-1]["grad_norm"] == pytest.approx(norm.item(), rel=1e-5)
+
+
+def test_no_norm_is_computed_between_log_steps_without_clipping(monkeypatch):
+    """Catches computing a grad norm (a device sync) on steps that do not log, when nothing is clipped."""
+    calls = []
+    real = loop.grad_norm
+    monkeypatch.setattr(loop, "grad_norm", lambda m: calls.append(1) or real(m))
+    trainer(c=cfg(max_steps=4, log_every=2, grad_clip=0.0)).run()
+    assert len(calls) == 2
+
+
+def test_mfu_measures_peak_for_the_precision_once(monkeypatch):
+    """Catches a wrong dtype for the peak lookup, a lookup on every line, or mfu without FLOPs per token."""
+    asked = []
+    monkeypatch.setattr(loop, "peak_flops", lambda device, dtype: asked.append((str(device), dtype)) or (2e10, "m"))
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        asked.clear()
+        t = Trainer(tiny_gpt(), cfg(max_steps=4, precision=precision), ToySource(stream(), 4, 16), printer=None)
+        t.run()
+        assert asked == [("cpu", dtype)] and t._peak == 2e10
+        h = t.history[-1]
+        assert h["mfu"] == pytest.approx(h["tok_per_s"] * t._fpt / 2e10, rel=1e-9)
+    t = trainer(c=cfg(max_steps=2))
+    t._fpt = 0.0
+    assert t._mfu(100.0) is None
+
+
+def _fake_step_time(t: Trainer, clock: list, seconds: float) -> None:
+    """Make each of t's training steps advance the fake clock by `seconds`."""
+    real = t._train_step
+
+    def step(want_norm=True):
+        clock[0] += seconds
+        real(want_norm)
+
+    t._train_step = step
+
+
+def test_time_counts_training_only(monkeypatch):
+    """Catches evaluation or checkpoint time counted as training time, or a window's seconds lost."""
+    clock = [0.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock[0])
+    lines = []
+    c = cfg(max_steps=4, log_every=2, eval_every=1)  # an evaluation between two progress lines too
+    t = trainer(c=c, val=True, lines=lines)
+    real_eval = t.evaluate
+
+    def evaluate(batches=None):
+        clock[0] += 100.0  # evaluation takes 100 s, not training time
+        return real_eval(batches)
+
+    _fake_step_time(t, clock, 0.25)
+    t.evaluate = evaluate
+    hist = t.run()
+    assert [h["time"] for h in hist if "loss" in h] == [0.5, 1.0] and t.elapsed == 1.0
+    assert [h["tok_per_s"] for h in hist if "loss" in h] == [2 * 4 * 16 / 0.5] * 2
+    progress = [s for s in lines if "tok/s" in s]
+    assert progress[0].endswith(" | 256 tok/s | mfu " + f"{100 * hist[2]['mfu']:.1f}% | 0.5 s")
+    assert progress[1].endswith(" | 1.0 s")
+    chunked = trainer(c=cfg(max_steps=4, log_every=4))
+    _fake_step_time(chunked, clock, 0.25)
+    chunked.run(until_step=3)  # the end of a call closes the window's time too
+    clock[0] += 100.0  # time between the two calls is not training time
+    chunked.run()
+    assert chunked.history[-1]["time"] == 1.0 and chunked.elapsed == 1.0
+
+
+def test_default_printer_prints_and_models_without_config_have_no_mfu(capsys):
+    """Catches a wrong default printer, or an mfu made up for a model whose FLOPs per token are unknown."""
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny_gpt()
+
+        def forward(self, idx, targets=None):
+            return self.inner(idx, targets)
+
+    t = Trainer(Wrapped(), cfg(max_steps=2, log_every=2), ToySource(stream(), 4, 16), peak_flops_per_s=1e11)
+    t.run()
+    assert t.history[-1]["mfu"] is None and t._fpt == 0.0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and LINE.match(out[0]) and " | mfu n/a | " in out[0]
+
+
+def test_eval_at_step_zero_the_last_step_and_exact_values():
+    """Catches a missing first/last evaluation, a wrong mean over batches, or a source not rewound."""
+    lines, seen = [], []
+    c = cfg(max_steps=5, eval_every=3, eval_batches=2, log_every=100)
+    t = trainer(c=c, val=True, lines=lines)
+    hist = t.run(on_eval=lambda h: seen.append(len(h)))
+    assert [h["step"] for h in hist if "val" in h] == [0, 3, 5] and seen == [1, 2, 3]
+    assert lines[0] == f"step 0/5 | val a {hist[0]['val']['a']:.3f} | b {hist[0]['val']['b']:.3f}"
+    assert hist[-1]["step"] == 5 and "loss" in hist[-1] and "val" in hist[-1]  # merged into one record
+    src = t.val_sources["a"]
+    pos = src.position
+    ref = ToySource(stream(), 4, 16, seed=7)
+    ref.position = pos
+    with torch.no_grad():
+        t.model.eval()
+        want = sum(t.model(*ref.next_batch())[1].item() for _ in range(3)) / 3
+    t.model.train()
+    got = t.evaluate(batches=3)
+    assert got["a"] == pytest.approx(want, rel=1e-6) and src.position == pos and t.model.training
+    t.model.eval()
+    t.evaluate()
+    assert not t.model.training  # the mode is restored, not forced to train
+
+
+def test_run_with_eval_every_but_no_val_sources_and_no_printer():
+    """Catches evaluating (or crashing) without validation sources."""
+    t = trainer(c=cfg(max_steps=3, eval_every=1, log_every=100))
+    assert [h["step"] for h in t.run()] == [3] and "val" not in t.history[-1]
+
+
+def test_tensorboard_scalars_exact():
+    """Catches wrong TensorBoard tags, steps, skipped None values, a missing flush or close."""
+    t = trainer(c=cfg(max_steps=2, log_every=2, eval_every=2, eval_batches=1), val=True)
+    fake = FakeWriter()
+    t.log_dir, t._writer = "unused", fake
+    hist = t.run()
+    tags = [(tag, step) for tag, _, step in fake.scalars]
+    assert tags[:2] == [("val/a", 0), ("val/b", 0)]
+    assert sorted(tags[2:]) == sorted([(f"train/{k}", 2) for k in ("loss", "lr", "tok_per_s", "mfu", "time", "tokens",
+                                                                   "grad_norm")] + [("val/a", 2), ("val/b", 2)])
+    assert dict((tag, v) for tag, v, _ in fake.scalars[2:])["train/loss"] == hist[-1]["loss"]
+    assert fake.flushed == 1
+    t._fpt = 0.0
+    t._record({"step": 3, "mfu": None, "loss": 1.5})
+    assert fake.scalars[-1] == ("train/loss", 1.5, 3)
+    t.close()
+    assert fake.closed and t._writer is None
+    t.close()  # a second close is a no-op
+    assert trainer()._tb() is None
+
+
+def test_periodic_and_end_of_call_checkpoints(tmp_path, monkeypatch):
+    """Catches checkpoints written at the wrong steps: every checkpoint_every steps and at the end of each call."""
+    saved = []
+    c = cfg(max_steps=5, checkpoint_every=2, checkpoint_dir=str(tmp_path / "run"))
+    t = trainer(c=c)
+    monkeypatch.setattr(t, "save_checkpoint", lambda path: saved.append((t.step, Path(path))))
+    t.run(until_step=3)
+    t.run()
+    assert saved == [(2, tmp_path / "run" / "last"), (3, tmp_path / "run" / "last"),
+                     (4, tmp_path / "run" / "last"), (5, tmp_path / "run" / "last")]
+    none = trainer(c=cfg(max_steps=3))
+    monkeypatch.setattr(none, "save_checkpoint", lambda path: saved.append(path))
+    none.run()
+    assert len(saved) == 4  # checkpoint_every 0: never
+
+
+def test_checkpoint_meta_and_restored_state(tmp_path):
+    """Catches wrong trainer.json fields and an elapsed time counted twice after a resume."""
+    import json
+
+    c = cfg(max_steps=6, log_every=4)
+    t = trainer(c=c)
+    t.run(until_step=3)
+    t.elapsed, t._window.seconds = 10.0, 2.5
+    ck = t.save_checkpoint(tmp_path / "ck")
+    meta = json.loads((ck / "trainer.json").read_text())
+    assert (meta["step"], meta["tokens_seen"], meta["elapsed"], meta["precision"]) == (3, 3 * 64, 12.5, "fp32")
+    assert meta["window"] == {"losses": t.losses, "tokens": 3 * 64, "seconds": 2.5} and meta["scaler"] is None
+    assert meta["data"] == {"position": 3} and meta["train_config"]["max_steps"] == 6
+    assert meta["history"] == [] and meta["losses"] == t.losses
+    assert (meta["format"], meta["version"]) == (loop.FORMAT, loop.VERSION)
+    r = trainer(c=c)
+    assert r.load_checkpoint(ck) == 3
+    assert (r.tokens_seen, r.elapsed, r._window.seconds, r._window.tokens) == (3 * 64, 10.0, 2.5, 3 * 64)
+    assert r._window.losses == t.losses and r._window.pending == [] and r.train_source.position == 3
+
+
+def test_checkpoint_without_window_starts_an_empty_window(tmp_path, monkeypatch):
+    """Catches made-up defaults for a checkpoint that has no window (tokens 0, seconds 0, no losses)."""
+    import json
+
+    t = trainer(c=cfg(max_steps=6, log_every=4))
+    t.run(until_step=3)
+    t.elapsed, t._window.seconds = 10.0, 2.5
+    ck = t.save_checkpoint(tmp_path / "ck")
+    real = loop.read_checkpoint
+
+    def old_format(path):
+        blobs = real(path)
+        meta = json.loads(blobs[loop.TRAINER_FILE])
+        del meta["window"]
+        return {**blobs, loop.TRAINER_FILE: json.dumps(meta).encode()}
+
+    monkeypatch.setattr(loop, "read_checkpoint", old_format)
+    r = trainer(c=cfg(max_steps=6, log_every=4))
+    r.load_checkpoint(ck)
+    assert (r._window.losses, r._window.tokens, r._window.seconds, r.elapsed) == ([], 0, 0.0, 12.5)
+
+
+def test_load_keeps_this_machines_optimizer_kernels(tmp_path):
+    """Catches the checkpoint's fused/foreach choice overriding the loading machine's."""
+    t = trainer(c=cfg(max_steps=1))
+    t.run()
+    ck = t.save_checkpoint(tmp_path / "ck")
+    r = trainer(c=cfg(max_steps=1))
+    for g in r.optimizer.param_groups:
+        g["fused"], g["foreach"] = None, False
+    r.load_checkpoint(ck)
+    assert all(g["fused"] is None and g["foreach"] is False for g in r.optimizer.param_groups)
+    assert t.optimizer.param_groups[0]["fused"]
+
+
+def test_memory_report_skips_frozen_gradients():
+    """Catches gradients counted for parameters that do not require them."""
+    model = tiny_gpt()
+    model.pos_emb.weight.requires_grad_(False)
+    t = trainer(model, c=cfg(max_steps=1))
+    rep = t.memory_report()
+    n, frozen = model.num_params(), model.pos_emb.weight.numel()
+    assert rep == {"params": 4 * n, "grads": 4 * (n - frozen), "optimizer": 0, "total": 4 * (2 * n - frozen)}
+
+
+def test_seed_none_leaves_the_rng_alone():
+    """Catches the Trainer seeding the RNG when cfg.seed is None, or not seeding it when it is set."""
+    model = tiny_gpt()
+    torch.manual_seed(123)
+    Trainer(model, cfg(seed=None), ToySource(stream(), 4, 16), printer=None)
+    a = torch.rand(1)
+    torch.manual_seed(123)
+    b = torch.rand(1)
+    assert torch.equal(a, b)
+    torch.manual_seed(123)
+    Trainer(model, cfg(seed=5), ToySource(stream(), 4, 16), printer=None)
+    torch.manual_seed(5)
+    c = torch.rand(1)
+    torch.manual_seed(123)
+    Trainer(model, cfg(seed=5), ToySource(stream(), 4, 16), printer=None)
+    assert torch.equal(torch.rand(1), c)
+
+
+def test_error_messages_exact(tmp_path):
+    """Catches a garbled error message: a source without the protocol, a data state that is not JSON."""
+    with pytest.raises(TypeError, match=r"^train_source is a list, not a BatchSource"):
+        Trainer(tiny_gpt(), cfg(), [])
+    with pytest.raises(TypeError, match=r"^valid is a list, not a BatchSource: it needs next_batch\(\), "
+                                        r"state_dict\(\) and load_state_dict\(\)$"):
+        Trainer(tiny_gpt(), cfg(), ToySource(stream(), 2, 4), {"valid": []})
+    t = trainer(c=cfg(max_steps=1))
+    t.train_source.state_dict = lambda: {"position": object()}
+    with pytest.raises(TypeError, match=r"^cannot write the trainer state \(is the data source's state_dict JSON\?\) "
+                                        "as JSON: "):
+        t.save_checkpoint(tmp_path / "ck")
+
+
+def test_direct_steps_count_and_report_a_norm():
+    """Catches a step counter that does not advance by one per optimizer step, or no norm by default."""
+    t = trainer(c=cfg(max_steps=4, grad_clip=0.0))
+    t._train_step()
+    assert (t.step, t.tokens_seen, len(t._window.pending)) == (1, 64, 1) and t._grad_norm is not None
+    t._train_step()
+    assert (t.step, t.tokens_seen, len(t._window.pending)) == (2, 128, 2)
+
+
+def test_everything_moves_to_the_trainers_device():
+    """Catches the model, a batch or the loss left on the CPU (the meta device stands in for a GPU here)."""
+    t = Trainer(tiny_gpt(), cfg(max_steps=2, grad_clip=0.0), ToySource(stream(), 4, 16), device="meta", printer=None)
+    assert all(p.device.type == "meta" for p in t.model.parameters())
+    seen = []
+    t.forward = lambda x, y: (seen.append((x.device.type, y.device.type)), t.model(x, y))[1]
+    t._train_step(want_norm=False)
+    assert seen == [("meta", "meta")] and t._window.pending[0].device.type == "meta" and t.step == 1
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing torch._dynamo warns about torch.jit
+def test_compile_wraps_the_model_only_when_asked():
+    """Catches torch.compile applied when cfg.compile is off, or not applied when it is on."""
+    plain = trainer(c=cfg(compile=False))
+    assert plain.forward is plain.model
+    compiled = trainer(c=cfg(compile=True))  # torch.compile is lazy: nothing compiles until a call
+    assert compiled.forward is not compiled.model and compiled.forward._orig_mod is compiled.model
+
+
+def test_fp16_scaler_is_enabled_and_checkpoints_cross_precisions(tmp_path):
+    """Catches a GradScaler made for another device than the trainer's, or a scaler state loaded where none is."""
+    fp16 = trainer(c=cfg(max_steps=2, precision="fp16"))
+    assert fp16.scaler.is_enabled()
+    fp16.run()
+    fp16.scaler.update(torch.tensor(512.0))  # a tensor scale must be on the scaler's device
+    assert fp16.scaler.get_scale() == 512.0
+    ck16 = fp16.save_checkpoint(tmp_path / "fp16")
+    fp32 = trainer(c=cfg(max_steps=2))
+    assert fp32.load_checkpoint(ck16) == 2 and fp32.scaler is None
+    ck32 = fp32.save_checkpoint(tmp_path / "fp32")
+    fresh16 = trainer(c=cfg(max_steps=2, precision="fp16"))
+    assert fresh16.load_checkpoint(ck32) == 2 and fresh16.scaler.get_scale() == 65536.0
+
+
+def test_refusal_names_the_checkpoint_path(tmp_path):
+    """Catches a refusal message that does not say which checkpoint does not fit."""
+    t = trainer(c=cfg(max_steps=1))
+    ck = t.save_checkpoint(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match=f"^checkpoint {re.escape(str(ck))} does not fit this model"):
+        trainer(tiny_gpt(n_embd=32)).load_checkpoint(ck)
