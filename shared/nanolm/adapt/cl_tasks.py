@@ -4,10 +4,13 @@ Forgetting is measured by learning tasks one after another and scoring every tas
 so the tasks must be quick to learn and exact to score. Each is a line of text, a prompt that names
 the task and the answer after '=', ended by a newline:
 
-    add     add:27+15=42            two numbers below 50: a skill (held-out pairs test it)
-    rev     rev:bdfa=afdb           reverse four letters: a skill
-    sort    sort:dbfa=abdf          sort four letters: same inputs as rev, another rule
-    fact    fact:zorvik=teal        a made-up name and its colour: pure memory (the table is the test)
+    shift   shift:bcde=cdef         each letter moved one on: a rule (held-out inputs test it)
+    back    back:bcde=abcd          each letter moved one back: the same inputs, another rule
+    mirror  mirror:bcde=ihgf        each letter mirrored in b..i (b<->i, c<->h): a third rule
+    fact    fact:zovok=grey         a made-up name and its colour: pure memory (the table is the test)
+
+The three letter tasks share their inputs (four distinct letters of b..i) and disagree on the answer:
+the interference that makes a network forget.
 
 Models read bytes (vocabulary 256): no tokenizer stands between the learner and the text. An answer
 is right when greedy decoding writes it exactly, newline included. That equals a single teacher-forced
@@ -56,7 +59,7 @@ def _names(n: int, seed: int) -> list[str]:
 
 
 def _inputs(task: str) -> list[str]:
-    """Every input of a letter task, in a fixed order: four distinct letters."""
+    """Every input of a letter task (all share them), in a fixed order: four distinct letters."""
     return [a + b + c + d for a in LETTERS for b in LETTERS for c in LETTERS for d in LETTERS
             if len({a, b, c, d}) == 4]
 
