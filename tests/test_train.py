@@ -535,13 +535,10 @@ def test_resume_logs_the_same_history(tmp_path):
     assert _records(chunked.history) == _records(full.history)
 
 
-def test_checkpoint_without_window_still_loads(tmp_path, monkeypatch):
-    """A checkpoint written before the window was saved: it loads; the next line averages fewer steps."""
+def _read_without_window(monkeypatch):
+    """Checkpoints read from now on look like ones written before the window was saved."""
     import json
 
-    t = trainer(c=cfg(max_steps=6, log_every=4))
-    t.run(until_step=5)
-    ck = t.save_checkpoint(tmp_path / "ck")
     real = loop.read_checkpoint
 
     def old_format(path):
@@ -551,6 +548,15 @@ def test_checkpoint_without_window_still_loads(tmp_path, monkeypatch):
         return {**blobs, loop.TRAINER_FILE: json.dumps(meta).encode()}
 
     monkeypatch.setattr(loop, "read_checkpoint", old_format)
+
+
+def test_checkpoint_without_window_still_loads(tmp_path, monkeypatch):
+    """A checkpoint written before the window was saved: it loads; the next line averages fewer steps."""
+
+    t = trainer(c=cfg(max_steps=6, log_every=4))
+    t.run(until_step=5)
+    ck = t.save_checkpoint(tmp_path / "ck")
+    _read_without_window(monkeypatch)
     resumed = trainer(c=cfg(max_steps=6, log_every=4))
     assert resumed.load_checkpoint(ck) == 5
     resumed.run()
@@ -797,21 +803,12 @@ def test_checkpoint_meta_and_restored_state(tmp_path):
 
 def test_checkpoint_without_window_starts_an_empty_window(tmp_path, monkeypatch):
     """Catches made-up defaults for a checkpoint that has no window (tokens 0, seconds 0, no losses)."""
-    import json
 
     t = trainer(c=cfg(max_steps=6, log_every=4))
     t.run(until_step=3)
     t.elapsed, t._window.seconds = 10.0, 2.5
     ck = t.save_checkpoint(tmp_path / "ck")
-    real = loop.read_checkpoint
-
-    def old_format(path):
-        blobs = real(path)
-        meta = json.loads(blobs[loop.TRAINER_FILE])
-        del meta["window"]
-        return {**blobs, loop.TRAINER_FILE: json.dumps(meta).encode()}
-
-    monkeypatch.setattr(loop, "read_checkpoint", old_format)
+    _read_without_window(monkeypatch)
     r = trainer(c=cfg(max_steps=6, log_every=4))
     r.load_checkpoint(ck)
     assert (r._window.losses, r._window.tokens, r._window.seconds, r.elapsed) == ([], 0, 0.0, 12.5)

@@ -222,15 +222,15 @@ def run_lora(model: nn.Module, study: Study, *, seed: int, r: int = 8, alpha: fl
         oracle.R.append(row)
         _set_adapter(model, states, "", zero)
         oracle.text_loss.append(oracle.text_loss[0])  # the text never meets an adapter when the id is known
-        accs, loss = _routed_score(model, study, states, zero, fit_router(study, model, study.tasks[: i + 1]),
-                                   routed.routes)
+        rt = fit_router(study, model, study.tasks[: i + 1])
+        accs, loss = _routed_score(model, study, states, zero, rt, routed.routes)
         routed.R.append(accs)
         routed.text_loss.append(loss)
     seconds = time.perf_counter() - t0
     adapter_bytes = trainable_parameters(model)[1]  # A and B of one task
     oracle.seconds = routed.seconds = seconds
     oracle.memory_bytes = adapter_bytes * len(study.tasks)
-    routed.memory_bytes = oracle.memory_bytes + fit_router(study, model, study.tasks).memory_bytes()
+    routed.memory_bytes = oracle.memory_bytes + rt.memory_bytes()  # the last router knows every task
     return oracle, routed
 
 

@@ -42,7 +42,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100  # the label of a token that is not scored: prompt and padding
+from .finetune import IGNORE  # the label of a token that is not scored: prompt and padding
+
 LOSS_TYPES = ("sigmoid", "hinge", "ipo")
 
 
