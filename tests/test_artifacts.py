@@ -323,6 +323,16 @@ def test_missing_artifact_message_says_exactly_what_to_run():
     assert str(e.value).endswith("Run the notebook that saves it with PROFILE='smoke' first.")
 
 
+def test_producer_prefers_an_exact_name_to_a_family():
+    """adapters/smollm2-chat is notebook 13's; any other adapters/<name> belongs to 11's family; unknown: None."""
+    from nanolm.core import syllabus
+
+    assert syllabus.producer_of("adapters/smollm2-chat") == "13_alignment"
+    assert syllabus.producer_of("adapters/smollm2-abstracts") == "11_lora"
+    assert syllabus.producer_of("chat") == "13_alignment"
+    assert syllabus.producer_of("adapters") is None and syllabus.producer_of("mystery") is None
+
+
 def test_save_and_load_honour_an_explicit_root(tmp_path, isolated_checkpoints):
     """root= is where the artifact goes and is read from, for every entry point (not the default folder)."""
     root = tmp_path / "elsewhere"

@@ -19,6 +19,8 @@ Its modules, each one idea:
     reward    a reward model (scalar head, Bradley-Terry) and HH-RLHF preference pairs
     dpo       DPO's losses (sigmoid, hinge, IPO) and implicit-reward metrics, equal to TRL
     grpo      GRPO's group advantages, k3 KL and clipped surrogate, equal to TRL
+    rollout   GRPO's loop: sample a group per prompt, reward it, one clipped policy-gradient step
+    arithmetic  problems with exact answers: tool and direct conversations, the verifiable reward
 It stands on core, text, model, train and eval (it measures what it changes with eval's functions); only use and
 teach sit above it, and teach never imports it.
 """

@@ -39,10 +39,16 @@ Shapes: B pairs, T tokens, V vocabulary.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .finetune import IGNORE  # the label of a token that is not scored: prompt and padding
+from .finetune import IGNORE, collate  # IGNORE: the label of a token that is not scored (prompt, padding)
+
+Example = tuple[list[int], list[int]]  # (ids, labels) of one conversation, only the judged reply scored
 
 LOSS_TYPES = ("sigmoid", "hinge", "ipo")
 
@@ -135,3 +141,70 @@ def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor)
     return {"chosen": chosen_rewards.mean().item(), "rejected": rejected_rewards.mean().item(),
             "margins": (chosen_rewards - rejected_rewards).mean().item(),
             "accuracy": (chosen_rewards > rejected_rewards).float().mean().item()}
+
+
+def chat_example(fmt, messages: list[dict], reply: str) -> tuple[list[int], list[int]]:
+    """(ids, labels) of a conversation ending in `reply`, only the reply and its end token scored.
+
+    fmt is a nanolm.text.chat.Format. The conversation is rendered whole, as the model would see it, and every
+    label before the end of the prompt (messages plus the generation prompt) is -100: earlier assistant turns
+    are context here, not the completion being judged.
+    """
+    prompt = fmt.render(messages, add_generation_prompt=True).ids
+    full = fmt.render([*messages, {"role": "assistant", "content": reply}])
+    shared = 0  # the first token of the reply can merge with the opener's text: score from the first difference
+    while shared < len(prompt) and full.ids[shared] == prompt[shared]:
+        shared += 1
+    labels = [t if (m and k >= shared) else IGNORE for k, (t, m) in enumerate(zip(full.ids, full.mask, strict=True))]
+    return full.ids[:-1], labels[1:]
+
+
+def _pair_batch_logps(model: nn.Module, pairs: Sequence[tuple[Example, Example]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs (B,) of the chosen and of the rejected replies, in one forward pass of 2B rows."""
+    device = next(model.parameters()).device
+    x, y = collate([c for c, _ in pairs] + [r for _, r in pairs])
+    logp = sequence_logprobs(model(x.to(device))[0], y.to(device))
+    return logp[: len(pairs)], logp[len(pairs):]
+
+
+@torch.no_grad()
+def pair_logprobs(model: nn.Module, pairs: Sequence[tuple[Example, Example]],
+                  batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(chosen), log pi(rejected) of every pair, (N,) each: the reference's are computed once this way."""
+    was_training = model.training
+    model.eval()
+    parts = [_pair_batch_logps(model, pairs[i : i + batch_size]) for i in range(0, len(pairs), batch_size)]
+    model.train(was_training)
+    return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+
+
+def train(model: nn.Module, pairs: Sequence[tuple[Example, Example]], ref_chosen: torch.Tensor,
+          ref_rejected: torch.Tensor, *, steps: int, batch_size: int, lr: float, beta: float = 0.1,
+          loss_type: str = "sigmoid", seed: int = 0, log_every: int = 0) -> dict[str, list[float]]:
+    """AdamW on the DPO loss over shuffled batches of pairs (the reference's log-probs given, one per pair);
+    per step the loss and reward_metrics, as TRL logs them."""
+    if steps < 1 or not pairs or len(ref_chosen) != len(pairs) or len(ref_rejected) != len(pairs):
+        raise ValueError(f"need steps >= 1 and one reference log-prob per pair; got {steps} steps, {len(pairs)} "
+                         f"pairs, {len(ref_chosen)} and {len(ref_rejected)} reference values")
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    history: dict[str, list[float]] = {}
+    queue: list[int] = []
+    model.train()
+    for k in range(1, steps + 1):
+        while len(queue) < batch_size:
+            queue += rng.sample(range(len(pairs)), len(pairs))
+        take, queue = queue[:batch_size], queue[batch_size:]
+        chosen, rejected = _pair_batch_logps(model, [pairs[i] for i in take])
+        losses, r_c, r_r = dpo_loss(chosen, rejected, ref_chosen[take], ref_rejected[take], beta=beta,
+                                    loss_type=loss_type)
+        optimizer.zero_grad(set_to_none=True)
+        losses.mean().backward()
+        optimizer.step()
+        for name, v in {"loss": losses.mean().item(), **reward_metrics(r_c, r_r)}.items():
+            history.setdefault(name, []).append(v)
+        if log_every and (k % log_every == 0 or k == steps):
+            print(f"step {k}/{steps} | loss {history['loss'][-1]:.3f} | margin {history['margins'][-1]:+.3f} | "
+                  f"reward accuracy {history['accuracy'][-1]:.2f}")
+    model.eval()
+    return history

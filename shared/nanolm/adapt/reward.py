@@ -234,6 +234,17 @@ def hh_rlhf_pairs(n: int | None = None, max_chars: int | None = None) -> list[Pa
     return out
 
 
+def transcript_messages(prompt: str) -> list[dict]:
+    """An HH-RLHF prompt ("Human: ...\\n\\nAssistant: ..." ending in "Assistant:") as chat messages."""
+    text = "\n\n" + prompt.strip()
+    if not text.endswith(ASSISTANT.rstrip()) or not text.startswith(HUMAN):
+        raise ValueError(f"an HH-RLHF prompt starts with 'Human:' and ends with 'Assistant:', got {prompt[:60]!r}...")
+    messages, text = [], text[: -len(ASSISTANT)]
+    for k, turn in enumerate(re.split(r"\n\n(?:Human|Assistant):", text)[1:]):
+        messages.append({"role": ("user", "assistant")[k % 2], "content": turn.strip() or "..."})
+    return messages
+
+
 # Crude on purpose: whole words only, so it misses misspellings, and it flags harmless uses ("kill time").
 OFFENSIVE_WORDS = frozenset("""
 fuck fucking fucked fucker motherfucker shit shitty bullshit bitch bitches bastard asshole cunt dick cock pussy

@@ -44,3 +44,21 @@ def subplots(nrows: int = 1, ncols: int = 1, width: float | None = None, height:
     w = width or 4.2 * ncols + 0.6
     h = height or 3.4 * nrows + 0.3
     return plt.subplots(nrows, ncols, figsize=(w, h), **kw)
+
+
+def token_strip(ax, pieces, mask, per_row: int = 16, colors: tuple[str, str] = ("#e8e8e8", "#8fd18f")) -> None:
+    """Draw tokens as boxes in rows, coloured by mask (0 grey, 1 green): which tokens a loss trains."""
+    from matplotlib.patches import Rectangle
+
+    if len(pieces) != len(mask):
+        raise ValueError(f"{len(pieces)} pieces but {len(mask)} mask values")
+    rows = (len(pieces) + per_row - 1) // per_row
+    for k, (text, m) in enumerate(zip(pieces, mask, strict=True)):
+        r, c = divmod(k, per_row)
+        ax.add_patch(Rectangle((c, rows - 1 - r), 0.95, 0.9, color=colors[int(bool(m))]))
+        label = text.replace("\n", "\\n")
+        ax.text(c + 0.47, rows - 1 - r + 0.45, label if len(label) <= 10 else label[:9] + "…",
+                ha="center", va="center", fontsize=6.5, family="monospace")
+    ax.set_xlim(0, per_row)
+    ax.set_ylim(0, rows)
+    ax.axis("off")

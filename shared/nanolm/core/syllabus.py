@@ -26,7 +26,8 @@ SYLLABUS = [
     Phase("10_evaluation", "a log-probability scorer checked item by item against lm-evaluation-harness; HellaSwag, ARC, GSM8K, HumanEval in a limited process; perplexity three ways; contamination; a leaderboard", ("eval-report",), ("gpt-char", "gpt-base", "base", "smollm2")),
     Phase("11_lora", "LoRA and DoRA from scratch equal to PEFT, merging, NF4 bit-identical to bitsandbytes, QLoRA, a real fine-tune of SmolLM2", ("adapters/",), ("base", "smollm2")),
     Phase("12_continual_learning", "forgetting, rehearsal, EWC, LoRA-per-task with a router", ("cl-model", "adapter-library"), ("smollm2", "adapters/")),
-    Phase("13_alignment", "chat template, SFT with loss masks, DPO, GRPO", ("chat",), ("base", "smollm2")),
+    Phase("13_alignment", "chat format with loss masks, SFT, DPO, a reward model, GRPO", ("chat", "adapters/smollm2-chat"),
+          ("base", "smollm2")),
     Phase("14_tools_and_rag", "tool calls, calculator, Python sandbox, retrieval, ReAct", ("chat-tools", "rag-index"), ("chat", "smollm2", "adapter-library")),
     Phase("15_distributed_training", "memory accounting, activation checkpointing, DDP and FSDP", (), ("base",)),
     Phase("16_serving", "inference engine, streaming FastAPI server, web UI, /learn with LoRA", (), ("smollm2", "chat-tools", "adapter-library", "rag-index")),
@@ -36,8 +37,11 @@ BY_STEM = {p.stem: p for p in SYLLABUS}
 
 def producer_of(artifact: str) -> str | None:
     """The notebook that saves `artifact` ('adapters/code' matches the 'adapters/' family)."""
+    for p in SYLLABUS:  # an exact name first: adapters/smollm2-chat is 13's, other adapters/ are 11's
+        if artifact in p.saves:
+            return p.stem
     for p in SYLLABUS:
         for name in p.saves:
-            if artifact == name or (name.endswith("/") and artifact.startswith(name)):
+            if name.endswith("/") and artifact.startswith(name):
                 return p.stem
     return None

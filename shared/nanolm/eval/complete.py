@@ -48,3 +48,24 @@ def complete(model: nn.Module, encode: Callable[[str], list[int]], decode: Calla
         if hit is not None:
             return Completion(text, len(ids), hit)
     return Completion(decode(ids), len(ids), "length")
+
+
+@torch.no_grad()
+def chat_reply(model: nn.Module, fmt, messages: Sequence[dict], max_new_tokens: int, *, temperature: float = 0.0,
+               generator: torch.Generator | None = None) -> tuple[str, list[dict[str, str]], list[int]]:
+    """The model's next assistant turn in a chat format (nanolm.text.chat.Format): (content, tool calls, ids).
+
+    Generation stops at the format's end token (or after max_new_tokens); a malformed tool call is left in
+    the content rather than raised, so a benchmark can count it as wrong.
+    """
+    device = next(model.parameters()).device
+    prompt = fmt.render(messages, add_generation_prompt=True).ids
+    end = fmt.tokenizer.special(fmt.end)
+    out = model.generate(torch.tensor([prompt], device=device), max_new_tokens, temperature=temperature,
+                         generator=generator, stop={end})[0, len(prompt):].tolist()
+    ids = out[: out.index(end) + 1] if end in out else out
+    try:
+        content, calls = fmt.parse_assistant(ids)
+    except ValueError:
+        content, calls = fmt.tokenizer.decode([i for i in ids if i != end]), []
+    return content, calls, ids
