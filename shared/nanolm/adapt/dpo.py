@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .finetune import IGNORE, collate  # IGNORE: the label of a token that is not scored (prompt, padding)
+# IGNORE: the label of a token that is not scored (prompt, padding)
+from .finetune import IGNORE, collate
 
 Example = tuple[list[int], list[int]]  # (ids, labels) of one conversation, only the judged reply scored
 
