@@ -78,3 +78,13 @@ def test_kl_is_zero_against_itself_and_errors_are_clear(model):
     with pytest.raises(ValueError, match="4 rewards per group"):
         rollout.train(model, None, [([1], None)], lambda g: [0.0], steps=1, s=rollout.Settings(group_size=4, beta=0),
                       stop_id=STOP, decode=decode)
+
+
+def test_scale_false_gives_unscaled_advantages_as_dr_grpo_asks(model, monkeypatch):
+    seen = []
+    real = grpo.group_advantages
+    monkeypatch.setattr(grpo, "group_advantages", lambda r, g, scale: seen.append(real(r, g, scale=scale)) or seen[-1])
+    s = rollout.Settings(group_size=4, max_new=2, beta=0.0, scale=False, loss_type="dr_grpo")
+    g = rollout.sample_group(model, [1], s, STOP, decode, None, torch.Generator().manual_seed(0))
+    rollout.step(model, None, torch.optim.SGD(model.parameters(), lr=0.1), [g], lambda _: [1.0, 0.0, 0.0, 0.0], s)
+    assert torch.allclose(seen[0], torch.tensor([0.75, -0.25, -0.25, -0.25]))  # r - mean, no division

@@ -51,8 +51,9 @@ class Settings:
     temperature: float = 1.0
     lr: float = 1e-4
     beta: float = 0.04  # weight of the k3 KL to the reference (0: no reference needed)
-    loss_type: str = "grpo"
+    loss_type: str = "grpo"  # or "bnpo", "dr_grpo" (see nanolm.adapt.grpo)
     epsilon: float = 0.2
+    scale: bool | str = True  # divide advantages by the group's std (Dr. GRPO: False)
 
 
 @torch.no_grad()
@@ -85,7 +86,7 @@ def step(model: nn.Module, ref: nn.Module | None, optimizer: torch.optim.Optimiz
     rewards = torch.tensor([float(r) for g in groups for r in reward_fn(g)])  # (P * G,)
     if rewards.numel() != len(groups) * s.group_size:
         raise ValueError(f"the reward function must return {s.group_size} rewards per group")
-    advantages = grpo.group_advantages(rewards, s.group_size)
+    advantages = grpo.group_advantages(rewards, s.group_size, scale=s.scale)
     zero = grpo.zero_variance_groups(rewards, s.group_size)
     model.train()
     logp = torch.cat([completion_logprobs(model, g) for g in groups])  # (P * G, max_new)
