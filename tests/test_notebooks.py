@@ -102,6 +102,18 @@ def test_artifacts_of_the_syllabus_row(path):
         assert f'"{name}' in source or f"'{name}" in source, f"{path.stem} must load {name!r}"
 
 
+MAX_CELL_LINES = 60  # a longer code cell is a wall of code: split it into why -> code -> check steps
+LONG_CELL_TAG = "long-cell"  # the explicit allow-list: a cell that must stay one piece says so
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_code_cells_are_short(path):
+    cells = _load(path)["cells"]
+    long = [(i, len(_src(c).splitlines())) for i, c in enumerate(cells) if c["cell_type"] == "code"
+            and len(_src(c).splitlines()) > MAX_CELL_LINES and LONG_CELL_TAG not in _tags(c)]
+    assert not long, f"code cells over {MAX_CELL_LINES} lines (index, lines): {long}; split them or tag {LONG_CELL_TAG!r}"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_no_pickle_loading(path):
     source = "\n".join(_src(c) for c in _load(path)["cells"] if c["cell_type"] == "code")

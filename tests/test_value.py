@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import random
+import warnings
 
 import pytest
 import tolerances
@@ -10,7 +12,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanolm.teach.value import MLP, Value, num_parameters, topological_order
+from nanolm.teach.value import (
+    MLP,
+    Value,
+    draw_graph,
+    graph_layout,
+    num_parameters,
+    topological_order,
+)
 
 TOL = tolerances.FLOAT64  # gradients match torch float64 to rounding (measured at most 3.6e-15)
 
@@ -111,6 +120,74 @@ def test_topological_order_puts_operands_first():
     for n in order:
         for child in n._prev:
             assert pos[id(child)] < pos[id(n)]
+
+
+def recursive_walk(root: Value) -> list[Value]:
+    """Notebook 01's `walk`: a recursive depth-first walk, operands left to right, each node after them."""
+    order, seen = [], set()
+
+    def visit(node):
+        if id(node) not in seen:
+            seen.add(id(node))
+            for child in node._prev:
+                visit(child)
+            order.append(node)
+
+    visit(root)
+    return order
+
+
+def test_graph_layout_columns_and_heights():
+    x, y, z = Value(2.0, label="x"), Value(-3.0, label="y"), Value(10.0, label="z")
+    L = (x * y + z).tanh()
+    s = L._prev[0]
+    xy = s._prev[0]
+    order, depth, ypos = graph_layout(L)
+    assert order == recursive_walk(L)
+    assert [depth[id(n)] for n in (x, y, xy, z, s, L)] == [0, 0, 1, 1, 2, 3]  # z sits next to its user
+    assert [ypos[id(n)] for n in (x, y, xy, z, s, L)] == [0.5, -0.5, 0.5, -0.5, 0.0, 0.0]
+
+
+def test_graph_layout_order_is_the_recursive_walk_on_random_graphs():
+    rng = random.Random(0)
+    for _ in range(50):
+        nodes = [Value(rng.uniform(-1, 1)) for _ in range(3)]
+        for _ in range(rng.randint(1, 12)):
+            a, b = rng.choice(nodes), rng.choice(nodes)  # reuse and x*x included
+            nodes.append(rng.choice([a + b, a * b, a - b, a.tanh()]))
+        order, depth, ypos = graph_layout(nodes[-1])
+        assert order == recursive_walk(nodes[-1])
+        for n in order:
+            assert all(depth[id(c)] < depth[id(n)] for c in n._prev)
+        columns = {}
+        for n in order:
+            columns.setdefault(depth[id(n)], []).append(ypos[id(n)])
+        for heights in columns.values():  # distinct heights, centred on 0
+            assert len(set(heights)) == len(heights) and sum(heights) == pytest.approx(0.0)
+
+
+def test_draw_graph_draws_every_value_and_operation():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from matplotlib.text import Annotation
+
+    x = Value(3.0, label="x")
+    a = x * x
+    out = a + a.exp()  # x is used twice by *, a twice, and the + skips the exp's column
+    out.backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # plt.show() on a non-interactive backend
+        draw_graph(out, "test graph")
+    ax = plt.gcf().axes[0]
+    try:
+        boxes = [t.get_text() for t in ax.texts if not isinstance(t, Annotation)]
+        arrows = [t for t in ax.texts if isinstance(t, Annotation)]
+        values = [(f"{n.label}\n" if n.label else "") + f"data {n.data:.4f}\ngrad {n.grad:.4f}"
+                  for n in (x, a, out._prev[1], out)]
+        assert ax.get_title() == "test graph"
+        assert sorted(boxes) == sorted([*values, "*", "exp", "+"])
+        assert len(arrows) == 3 + 5  # op -> result, and one per operand use
+    finally:
+        plt.close("all")
 
 
 def test_deep_graph_does_not_hit_the_recursion_limit():

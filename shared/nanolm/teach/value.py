@@ -1,4 +1,4 @@
-"""A scalar autograd engine (`Value`) and a tiny MLP on top of it: notebook 01's tested version.
+"""A scalar autograd engine (`Value`), a drawing of its graphs and a tiny MLP: notebook 01's tested version.
 
 Every `Value` remembers the values it was computed from and the local rule for pushing a
 gradient back to them; `backward()` visits the graph in reverse topological order, so each
@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import random
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 SUPPORTED = "a Value, int or float"
@@ -176,8 +177,10 @@ class Value:
                 child.grad += local * g
 
 
-def topological_order(root: Value) -> list[Value]:
-    """Every node of root's graph once, each after all of its operands (root last); iterative DFS."""
+def topological_order(root: Value, left_first: bool = False) -> list[Value]:
+    """Every node of root's graph once, each after all of its operands (root last); iterative DFS.
+
+    left_first: visit operands left to right, as a recursive walk over `_prev` does (drawing uses that order)."""
     order: list[Value] = []
     seen: set[int] = set()
     stack: list[tuple[Value, bool]] = [(root, False)]
@@ -190,10 +193,95 @@ def topological_order(root: Value) -> list[Value]:
             continue
         seen.add(id(node))
         stack.append((node, True))  # emitted once all operands are
-        for child in node._prev:
+        for child in reversed(node._prev) if left_first else node._prev:  # the stack pops the last pushed first
             if id(child) not in seen:
                 stack.append((child, False))
     return order
+
+
+# ---- drawing a graph (notebook 01) -----------------------------------------------------
+def graph_layout(root: Value) -> tuple[list[Value], dict[int, int], dict[int, float]]:
+    """Where to draw root's graph: (nodes, operands first; column by id(node); height by id(node)).
+
+    A node's column is one right of its deepest operand, an input's just left of its nearest user;
+    barycenter sweeps sort each column by the mean height of its neighbours, to avoid crossings.
+    """
+    order = topological_order(root, left_first=True)
+    users: dict[int, list[Value]] = {id(n): [] for n in order}
+    for n in order:
+        for c in dict.fromkeys(n._prev):
+            users[id(c)].append(n)
+    depth: dict[int, int] = {}
+    for n in order:  # longest path from the inputs
+        depth[id(n)] = 1 + max((depth[id(c)] for c in n._prev), default=-1)
+    for n in order:  # an input sits just left of its first user, so its arrows stay short
+        if not n._prev and users[id(n)]:
+            depth[id(n)] = min(depth[id(u)] for u in users[id(n)]) - 1
+    columns: dict[int, list[Value]] = {}
+    for n in order:
+        columns.setdefault(depth[id(n)], []).append(n)
+    ypos: dict[int, float] = {}
+
+    def place(col: list[Value]) -> None:
+        for i, n in enumerate(col):
+            ypos[id(n)] = (len(col) - 1) / 2 - i
+
+    for d in sorted(columns):
+        place(columns[d])
+    for _ in range(3):  # barycenter sweeps: sort each column by the mean height of its neighbours
+        for d in sorted(columns)[1:]:
+            columns[d].sort(key=lambda n: -sum(ypos[id(c)] for c in n._prev) / max(len(n._prev), 1)
+                            if n._prev else -ypos[id(n)])
+            place(columns[d])
+        for d in sorted(columns, reverse=True)[1:]:
+            columns[d].sort(key=lambda n: -sum(ypos[id(u)] for u in users[id(n)]) / max(len(users[id(n)]), 1)
+                            if users[id(n)] else -ypos[id(n)])
+            place(columns[d])
+    return order, depth, ypos
+
+
+def draw_graph(root: Value, title: str | None = None) -> None:
+    """Draw root's computation graph with matplotlib: a box per value (label, data, grad), a circle per op.
+
+    Any object with Value's fields (data, grad, label, _prev, _op) works, notebook 01's own Value too.
+    """
+    import matplotlib.pyplot as plt
+
+    from nanolm.core import plotting
+
+    order, depth, ypos = graph_layout(root)
+    per_column = Counter(depth.values())
+    tall, wide = max(per_column.values()), max(per_column) + 1
+    fig, ax = plotting.subplots(width=2.3 * wide + 0.6, height=0.95 * tall + 1.0)
+    ax.set_xlim(-0.6, 2.2 * (wide - 1) + 0.6)
+    ax.set_ylim(-tall / 2 - 0.1, tall / 2 + 0.6)  # headroom for arcs over skipped columns
+    ax.axis("off")
+    boxes = {}
+    for n in order:
+        X = 2.2 * depth[id(n)]
+        text = (f"{n.label}\n" if n.label else "") + f"data {n.data:.4f}\ngrad {n.grad:.4f}"
+        color = "#cfe2f3" if not n._prev else ("#fce5cd" if n is root else "#eeeeee")
+        boxes[id(n)] = ax.text(X, ypos[id(n)], text, ha="center", va="center", fontsize=8, family="monospace",
+                               bbox=dict(boxstyle="round,pad=0.3", fc=color, ec="0.4"))
+    arrow = dict(arrowstyle="-|>", color="0.35", lw=0.9, shrinkA=2, shrinkB=2)
+    for n in order:
+        if not n._prev:
+            continue
+        X, Y = 2.2 * depth[id(n)] - 0.95, ypos[id(n)]
+        op = ax.text(X, Y, n._op, ha="center", va="center", fontsize=9 if len(n._op) < 3 else 7, fontweight="bold",
+                     bbox=dict(boxstyle="circle,pad=0.25", fc="white", ec="0.4"))
+        ax.annotate("", xy=(0, 0.5), xycoords=boxes[id(n)], xytext=(1, 0.5), textcoords=op, arrowprops=arrow)
+        for k, child in enumerate(n._prev):
+            if n._prev.count(child) > 1:  # x*x: one arrow per use, bent apart so both show
+                rad = 0.35 if k == 0 else -0.35
+            elif depth[id(n)] - depth[id(child)] > 1 and abs(ypos[id(n)] - ypos[id(child)]) < 0.5:
+                rad = -0.25  # an edge that skips a column would hide behind the straight path: arc over it
+            else:
+                rad = 0.0
+            ax.annotate("", xy=(0, 0.5), xycoords=op, xytext=(1, 0.5), textcoords=boxes[id(child)],
+                        arrowprops={**arrow, "connectionstyle": f"arc3,rad={rad}"})
+    ax.set_title(title or "computation graph")
+    plt.show()
 
 
 # ---- a tiny neural network ------------------------------------------------------------
