@@ -241,6 +241,7 @@ def transcript_messages(prompt: str) -> list[dict]:
         raise ValueError(f"an HH-RLHF prompt starts with 'Human:' and ends with 'Assistant:', got {prompt[:60]!r}...")
     messages, text = [], text[: -len(ASSISTANT)]
     for k, turn in enumerate(re.split(r"\n\n(?:Human|Assistant):", text)[1:]):
+        # a chat message may not be empty; a few HH turns are (the person said nothing): keep the turn, as "..."
         messages.append({"role": ("user", "assistant")[k % 2], "content": turn.strip() or "..."})
     return messages
 
