@@ -185,3 +185,15 @@ def test_bad_inputs_are_refused_clearly():
         ft.masked_loss(tiny_llama(), torch.zeros(1, 3, dtype=torch.long), torch.full((1, 3), -100))
     with pytest.raises(ValueError, match="at least one"):
         ft.evaluate(tiny_llama(), [], 2)
+
+
+def test_record_appends_every_step_and_prints_every_log_every_and_the_last(capsys):
+    from nanolm.adapt.finetune import record
+
+    history = {}
+    for k in range(1, 6):
+        record(history, {"loss": k / 10, "acc": 1.0}, k, 5, 2, lambda h: f"loss {h['loss'][-1]:.2f}")
+    assert history == {"loss": [0.1, 0.2, 0.3, 0.4, 0.5], "acc": [1.0] * 5}
+    assert capsys.readouterr().out == "step 2/5 | loss 0.20\nstep 4/5 | loss 0.40\nstep 5/5 | loss 0.50\n"
+    record(history, {"loss": 0.0}, 6, 6, 0, lambda h: "never")  # log_every 0: silent
+    assert capsys.readouterr().out == ""

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # IGNORE: the label of a token that is not scored (prompt, padding)
-from .finetune import IGNORE, collate
+from .finetune import IGNORE, collate, record
 
 Example = tuple[list[int], list[int]]  # (ids, labels) of one conversation, only the judged reply scored
 
@@ -202,10 +202,8 @@ def train(model: nn.Module, pairs: Sequence[tuple[Example, Example]], ref_chosen
         optimizer.zero_grad(set_to_none=True)
         losses.mean().backward()
         optimizer.step()
-        for name, v in {"loss": losses.mean().item(), **reward_metrics(r_c, r_r)}.items():
-            history.setdefault(name, []).append(v)
-        if log_every and (k % log_every == 0 or k == steps):
-            print(f"step {k}/{steps} | loss {history['loss'][-1]:.3f} | margin {history['margins'][-1]:+.3f} | "
-                  f"reward accuracy {history['accuracy'][-1]:.2f}")
+        record(history, {"loss": losses.mean().item(), **reward_metrics(r_c, r_r)}, k, steps, log_every,
+               lambda h: f"loss {h['loss'][-1]:.3f} | margin {h['margins'][-1]:+.3f} | "
+                         f"reward accuracy {h['accuracy'][-1]:.2f}")
     model.eval()
     return history

@@ -203,6 +203,16 @@ def step_memory(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     return {"loss": loss, "memory": mem}
 
 
+def record(history: dict[str, list[float]], stats: dict[str, float], step: int, steps: int, log_every: int,
+           line: Callable[[dict[str, list[float]]], str]) -> None:
+    """Append one step's statistics to history; every log_every steps (and at the last) print
+    "step {step}/{steps} | " + line(history)."""
+    for name, v in stats.items():
+        history.setdefault(name, []).append(v)
+    if log_every and (step % log_every == 0 or step == steps):
+        print(f"step {step}/{steps} | {line(history)}")
+
+
 def train(model: nn.Module, encoded_train: Sequence[Encoded], *, steps: int, batch_size: int, lr: float,
           weight_decay: float = 0.0, log_every: int, seed: int, params: Sequence[nn.Parameter] | None = None,
           print_fn: Callable[[str], None] | None = print) -> dict:

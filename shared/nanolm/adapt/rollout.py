@@ -30,6 +30,7 @@ from torch import nn
 
 from . import grpo
 from .dpo import token_logprobs
+from .finetune import record
 
 
 class Group(NamedTuple):
@@ -118,10 +119,8 @@ def train(model: nn.Module, ref: nn.Module | None, prompts: Sequence[tuple[Seque
     for k in range(1, steps + 1):
         batch = rng.sample(list(prompts), min(s.prompts_per_step, len(prompts)))
         groups = [sample_group(model, ids, s, stop_id, decode, target, gen) for ids, target in batch]
-        for name, v in step(model, ref, optimizer, groups, reward_fn, s).items():
-            history.setdefault(name, []).append(v)
-        if log_every and (k % log_every == 0 or k == steps):
-            print(f"step {k}/{steps} | reward {history['reward'][-1]:.2f} | zero-variance groups "
-                  f"{history['zero_variance'][-1]:.0%} | kl {history['kl'][-1]:.3f}")
+        record(history, step(model, ref, optimizer, groups, reward_fn, s), k, steps, log_every,
+               lambda h: f"reward {h['reward'][-1]:.2f} | zero-variance groups "
+                         f"{h['zero_variance'][-1]:.0%} | kl {h['kl'][-1]:.3f}")
     model.eval()
     return history
