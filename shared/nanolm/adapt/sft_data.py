@@ -21,8 +21,8 @@ The sources, each a function returning a list of conversations:
 `mixture` draws a deterministic mix of them by counts or weights and says how many came from each source;
 `check_conversation` checks the shape of one conversation (roles, turn order, tool messages).
 
-The calculator is `calculate`: it parses an expression with Python's ast and allows only numbers, + - * / **,
-parentheses and a sign (unary minus or plus), so it never runs code. GSM8K's notes were written by people:
+The calculator is nanolm.core.calculator.calculate (re-exported here): it walks Python's AST and allows only
+numbers and arithmetic, with limits on length, depth and magnitude, so it never runs code. GSM8K's notes were written by people:
 a note agrees when the calculator's value, rounded to the note's decimals, equals it (<<10/3=3.33>> agrees;
 the tool still answers 3.333333). A note that disagrees (a typo) or that the calculator refuses (560//3)
 gets its problem skipped, not silently fixed: 12 of 7473 train and 6 of 1319 test problems.
@@ -30,14 +30,13 @@ gets its problem skipped, not silently fixed: 12 of 7473 train and 6 of 1319 tes
 
 from __future__ import annotations
 
-import ast
 import math
-import operator
 import random
 import re
 from collections.abc import Mapping, Sequence
 
 from ..core import data
+from ..core.calculator import calculate, format_number  # noqa: F401  (re-exported: the data's calculator)
 from ..eval import gsm8k
 from ..text import corpus
 
@@ -50,46 +49,6 @@ NOTE = re.compile(r"<<([^=<>]*)=([^<>]*)>>")  # GSM8K's calculator note <<expres
 ANSWER = "The answer is {answer}."  # what replaces the final "#### 72" line of a GSM8K solution
 
 # ----------------------------------------------------------------------------- the calculator
-
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.Pow: operator.pow}
-MAX_EXPONENT = 100  # 2 ** 100 is fine; 9 ** 9 ** 9 would hang the interpreter
-
-
-def _value(node: ast.AST) -> float | int:
-    """Evaluate one node of an arithmetic expression; anything but numbers and + - * / ** is refused."""
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        return -_value(node.operand) if isinstance(node.op, ast.USub) else _value(node.operand)
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _value(node.left), _value(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
-            raise ValueError(f"exponent {right} is too large for the calculator (at most {MAX_EXPONENT})")
-        if isinstance(node.op, ast.Div) and right == 0:
-            raise ValueError("division by zero")
-        return _BINARY[type(node.op)](left, right)
-    raise ValueError(f"the calculator allows only numbers, + - * / ** and parentheses, not {ast.dump(node)[:60]}")
-
-
-def calculate(expression: str) -> float | int:
-    """The value of an arithmetic expression such as "(48+24)/2**3"; ValueError for anything else."""
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as e:
-        raise ValueError(f"not an arithmetic expression: {expression!r}") from e
-    value = _value(tree.body)
-    if isinstance(value, complex) or not math.isfinite(value):
-        raise ValueError(f"{expression!r} has no finite real value")
-    return value
-
-
-def format_number(x: float | int) -> str:
-    """How the calculator writes a result: whole numbers without ".0", others with at most 6 decimals."""
-    if float(x).is_integer() and abs(x) < 1e15:
-        return str(int(x))
-    return f"{x:.6f}".rstrip("0").rstrip(".")
-
 
 def _agrees(value: float | int, written: str) -> bool:
     """Does the calculator's value match the result a person wrote? Equal when rounded to its decimals."""
