@@ -1,0 +1,215 @@
+"""Tasks that need a tool, and tasks that need none: the data notebook 14 trains and measures tool use with.
+
+Each `Task` is a question, the tool that answers it (or None), the reference call's arguments and the
+expected answer. Every family comes in two sets whose wordings AND inputs differ, so a held-out score
+measures tool use, not memory of the training questions:
+
+    family       train (taught)                                   test (held out)
+    calculator   "What is 23 times 45?"  two-digit numbers         "How much is 312 times 47?"  three digits
+    python       "Reverse the string 'garden'."  words, n <= 20   "What is 'harbour' spelled backwards?"  others
+    search       "What is the capital of Bakador?"  facts 0..n-1  "Which city is the capital of Pestonia?"  others
+    none         identity, the course's facts (nanolm.adapt)       small talk and general questions (NO_TOOL)
+
+Search questions are about made-up facts (nanolm.adapt.learn.made_up_facts, a seed of their own), so a model
+cannot know the answer unless it retrieves the passage: `fact_passages` puts them into the document store.
+
+`conversation(task, toolbox)` writes the training conversation: the question, an assistant turn with the
+reference call, the tool's real output (from the same toolbox the model will use, so training sees what
+testing shows), and the answer. `check_answer` decides whether a final answer is right; `check_call`
+whether a call used the right tool with the right arguments (for search: the gold passage came back).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..adapt import learn
+from ..core.calculator import calculate, format_number
+
+FACT_SEED = 14  # the made-up facts of the store: not the seeds notebook 12's adapters were taught with
+
+
+@dataclass(frozen=True)
+class Task:
+    question: str
+    tool: str | None  # "calculator", "python", "search" or None
+    arguments: str  # the reference call ("" for None)
+    answer: str  # what the final answer must contain
+    reply: str  # the final answer as the training data writes it
+    kind: str  # the generator that made it (for breakdowns)
+
+
+# ----------------------------------------------------------------------------- calculator
+
+OPS = {"+": ("plus", "added to"), "-": ("minus", "take away"), "*": ("times", "multiplied by"),
+       "/": ("divided by", "over")}
+CALC_TRAIN = ("What is {a} {sym} {b}?", "What is {a} {word} {b}?", "Compute {a} {sym} {b}.")
+CALC_TEST = ("How much is {a} {word} {b}?", "Calculate {a} {word2} {b}, please.", "Quick question: {a} {sym} {b} = ?")
+
+
+def calculator_tasks(n: int, seed: int, split: str) -> list[Task]:
+    """n arithmetic questions: two-digit operands for train, three-digit (times two-digit) for test."""
+    rng, out = random.Random(f"calc:{split}:{seed}"), []
+    wordings = CALC_TRAIN if split == "train" else CALC_TEST
+    for i in range(n):
+        sym = "+-*/"[i % 4]
+        a, b = (rng.randint(10, 99), rng.randint(10, 99)) if split == "train" else (rng.randint(100, 999),
+                                                                                     rng.randint(11, 99))
+        if sym == "/":
+            a = a * b if split == "train" else (a // b + 1) * b  # whole quotients: an answer a person would check
+        word, word2 = OPS[sym]
+        q = wordings[(i // 4) % len(wordings)].format(a=a, b=b, sym=sym, word=word, word2=word2)
+        answer = format_number(calculate(f"{a}{sym}{b}"))
+        out.append(Task(q, "calculator", f"{a}{sym}{b}", answer, f"The answer is {answer}.", f"calc {sym}"))
+    return out
+
+
+# ----------------------------------------------------------------------------- python
+
+WORDS = {"train": ("garden", "pepper", "balloon", "committee", "letter", "river", "assessment", "coffee",
+                   "parallel", "success", "bookkeeper", "address", "possess", "cinnamon", "tomorrow", "happiness"),
+         "test": ("harbour", "mississippi", "strawberry", "banana", "referee", "tattoo", "occurrence",
+                  "accommodate", "millennium", "broccoli", "embarrass", "questionnaire")}
+PY_TRAIN = {"count": "How many times does the letter '{c}' appear in '{w}'?",
+            "reverse": "Reverse the string '{w}'.",
+            "fib": "What is Fibonacci number {n}? (F(0) = 0, F(1) = 1)",
+            "sum": "What is the sum of the whole numbers from 1 to {n}?",
+            "primes": "How many prime numbers are there below {n}?"}
+PY_TEST = {"count": "Count the letter '{c}' in the word '{w}'.",
+           "reverse": "What is '{w}' spelled backwards?",
+           "fib": "Give me F({n}) in the Fibonacci sequence that starts F(0) = 0, F(1) = 1.",
+           "sum": "Add up every integer from 1 through {n}. What total do you get?",
+           "primes": "Count the primes smaller than {n}."}
+PY_CODE = {"count": "print({w!r}.count({c!r}))",
+           "reverse": "print({w!r}[::-1])",
+           "fib": "a, b = 0, 1\nfor _ in range({n}):\n    a, b = b, a + b\nprint(a)",
+           "sum": "print(sum(range(1, {n} + 1)))",
+           "primes": "print(sum(all(k % d for d in range(2, int(k ** 0.5) + 1)) for k in range(2, {n})))"}
+
+
+def _py_answer(kind: str, w: str, c: str, n: int) -> str:
+    """The answer, computed here by our own code (the model's program runs in the sandbox)."""
+    if kind == "count":
+        return str(w.count(c))
+    if kind == "reverse":
+        return w[::-1]
+    if kind == "fib":
+        a, b = 0, 1
+        for _ in range(n):
+            a, b = b, a + b
+        return str(a)
+    if kind == "sum":
+        return str(n * (n + 1) // 2)
+    return str(sum(all(k % d for d in range(2, int(k**0.5) + 1)) for k in range(2, n)))
+
+
+def python_tasks(n: int, seed: int, split: str) -> list[Task]:
+    """n small programming questions: other words and number ranges for test than for train."""
+    rng, out, kinds = random.Random(f"python:{split}:{seed}"), [], tuple(PY_TRAIN)
+    lo, hi = (5, 20) if split == "train" else (21, 40)
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        w = rng.choice(WORDS[split])
+        c = rng.choice(sorted(set(w)))
+        k = rng.randint(lo, hi) if kind == "fib" else rng.randint(10 * lo, 10 * hi) if kind != "count" else 0
+        q = (PY_TRAIN if split == "train" else PY_TEST)[kind].format(w=w, c=c, n=k)
+        answer = _py_answer(kind, w, c, k)
+        out.append(Task(q, "python", PY_CODE[kind].format(w=w, c=c, n=k), answer, f"The answer is {answer}.",
+                        f"python {kind}"))
+    return out
+
+
+# ----------------------------------------------------------------------------- search
+
+SEARCH_TRAIN = {"capital": "What is the capital of {s}?", "inventor": "What did {s} invent?",
+                "language": "What language is spoken in {s}?"}
+SEARCH_TEST = {"capital": "Which city is the capital of {s}?", "inventor": "Which device did {s} create?",
+               "language": "Which language do people in {s} use?"}
+QUERY = {"capital": "capital of {s}", "inventor": "{s} invented", "language": "language of {s}"}
+
+
+def made_up_facts(n_per_kind: int) -> list[learn.Fact]:
+    """The store's invented facts: n_per_kind of each kind, the first half taught, the second half held out."""
+    return [f for kind in learn.KINDS for f in learn.made_up_facts(n_per_kind, FACT_SEED, kind)]
+
+
+def fact_passages(facts: Sequence[learn.Fact]) -> list[tuple[str, str]]:
+    """(title, text) of one passage per fact, in two of its wordings: what the search tool finds."""
+    out = []
+    for f in facts:
+        (p1, t1), (p2, t2) = f.examples()[:2]
+        out.append((f.subject, f"{p1}{t1} {p2}{t2}"))
+    return out
+
+
+def search_tasks(facts: Sequence[learn.Fact], split: str) -> list[Task]:
+    """A question per fact: the first half of each kind for train, the second half for test."""
+    out = []
+    for kind in learn.KINDS:
+        of_kind = [f for f in facts if f.kind == kind]
+        half = len(of_kind) // 2
+        for f in of_kind[:half] if split == "train" else of_kind[half:]:
+            q = (SEARCH_TRAIN if split == "train" else SEARCH_TEST)[kind].format(s=f.subject)
+            out.append(Task(q, "search", QUERY[kind].format(s=f.subject), f.answer, f.sentence(),
+                            f"search {kind}"))
+    return out
+
+
+# ----------------------------------------------------------------------------- no tool
+
+NO_TOOL = (
+    "Hello! How are you today?", "What is the capital of France?", "Write a haiku about the sea.",
+    "Give me three tips for sleeping better.", "What colour is the sky on a clear day?",
+    "Translate 'good morning' into Spanish.", "What is a synonym for 'happy'?", "Tell me a short joke.",
+    "Who wrote Romeo and Juliet?", "What is the opposite of 'cold'?", "Name a fruit that is yellow.",
+    "How many legs does a spider have?", "What do bees make?", "Say something nice about Mondays.",
+    "What is the boiling point of water in Celsius?", "Suggest a name for a pet cat.",
+    "What is photosynthesis, in one sentence?", "Which planet is closest to the Sun?",
+    "Thank you for your help!", "What language is spoken in Brazil?")
+
+
+def no_tool_tasks() -> list[Task]:
+    """Held-out questions a model should answer without calling anything (the false-call rate)."""
+    return [Task(q, None, "", "", "", "none") for q in NO_TOOL]
+
+
+# ----------------------------------------------------------------------------- conversations and checks
+
+def conversation(task: Task, toolbox) -> list[dict]:
+    """The training conversation for a task: question, reference call, the tool's real output, answer."""
+    user = {"role": "user", "content": task.question}
+    if task.tool is None:
+        raise ValueError("a task without a tool has no reference reply; train on nanolm.adapt's chat data")
+    call = toolbox.call(task.tool, task.arguments)
+    if not call.ok:
+        raise ValueError(f"the reference call failed: {task.tool}({task.arguments!r}) -> {call.output}")
+    return [user, {"role": "assistant", "content": "", "tool_calls": [{"name": task.tool, "arguments": task.arguments}]},
+            {"role": "tool", "content": call.output}, {"role": "assistant", "content": task.reply}]
+
+
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def check_answer(task: Task, text: str) -> bool:
+    """Is the expected answer in the final text? Numbers compared as numbers (1,134 = 1134 = 1134.0)."""
+    if re.fullmatch(r"-?\d+(\.\d+)?", task.answer):
+        want = float(task.answer)
+        return any(abs(float(x.replace(",", "")) - want) < 1e-6 for x in _NUMBER.findall(text))
+    return task.answer.lower() in text.lower()
+
+
+def check_call(task: Task, name: str, arguments: str, output: str) -> bool:
+    """Right tool with right arguments: the calculator's value, the program's printout, the gold passage."""
+    if name != task.tool:
+        return False
+    if name == "calculator":
+        try:
+            return format_number(calculate(arguments)) == task.answer
+        except ValueError:
+            return False
+    if name == "python":
+        return output.strip() == task.answer
+    return task.answer.lower() in output.lower()  # search: the retrieved passage holds the answer
