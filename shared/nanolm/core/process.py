@@ -21,10 +21,19 @@ Popen's preexec_fn, which is unsafe when the parent has threads (HumanEval check
 The program itself runs as `python -s -P main.py` rather than `python -I`: -I is -E -s -P, and -E would
 also ignore PYTHONHASHSEED. Since the child's environment is the one we wrote, -E has nothing to protect.
 
+Two hooks let a stronger fence build on this runner instead of starting processes of its own (nanolm.use.sandbox
+does: namespaces, Landlock, seccomp). Both are Python source, empty by default:
+    pre_exec   run by the bootstrap after the limits, before it exec()s the program: for what must hold from the
+               program's first instruction and survives exec (entering namespaces, a Landlock domain)
+    pre_main   run by the final interpreter just before main.py: for what exec would undo or what forbids exec
+               itself (a seccomp filter that denies execve must come after the last exec)
+An exception in either stops the run before main.py (a traceback on stderr, exit status 1): fail closed.
+Output a hook prints in the bootstrap is lost at exec unless flushed.
+
 Where a limit cannot be set it is skipped silently: macOS refuses RLIMIT_AS, and no limit is raised
 above a hard limit the parent already has. The timeout and the group kill always hold.
 
-This is a fence against accidents, not a security sandbox: the child can still read files the user can
+This is a fence against accidents, not a security sandbox (nanolm.use.sandbox adds those fences): the child can still read files the user can
 read and open network connections, and a grandchild that calls setsid() leaves our process group and
 survives (if it holds our output pipes we stop reading _DRAIN_S after the kill and report timed_out).
 RLIMIT_NPROC is not set: it counts every process of the user, not of this run.
@@ -49,7 +58,8 @@ CPU_GRACE_S = 1  # RLIMIT_CPU = ceil(timeout) + this, so the wall-clock timeout 
 _DRAIN_S = 2.0  # after the kill, how long we wait for the output pipes to close
 _POLL_S = 0.05  # how often the reading loop looks at the clock and the child
 
-# Runs in the child: cap each limit (soft = hard, never above an existing hard limit), then exec the program.
+# Runs in the child: cap each limit (soft = hard, never above an existing hard limit), run the caller's
+# `pre_exec` source, then exec the program with the interpreter arguments the parent chose.
 _BOOT = """\
 import json, os, resource, sys
 for name, value in json.loads(sys.argv[1]).items():
@@ -63,7 +73,20 @@ for name, value in json.loads(sys.argv[1]).items():
         resource.setrlimit(kind, (value, value))
     except (ValueError, OSError):
         pass
-os.execv(sys.executable, [sys.executable, "-s", "-P", sys.argv[2]])
+if sys.argv[2]:
+    exec(compile(sys.argv[2], "<pre_exec>", "exec"), {"__name__": "__pre_exec__"})
+os.execv(sys.executable, [sys.executable, *json.loads(sys.argv[3])])
+"""
+
+# With a `pre_main`, the program runs as `python -s -P -c _STAGE2 <pre_main> main.py`: this runs pre_main in the
+# final interpreter (after the last exec), then main.py as __main__, with sys.argv == ["main.py"] as usual.
+_STAGE2 = """\
+import runpy, sys
+pre_main = sys.argv[1]
+del sys.argv[:2]
+exec(compile(pre_main, "<pre_main>", "exec"), {"__name__": "__pre_main__"})
+del pre_main
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
@@ -176,15 +199,29 @@ def _text(raw: bytes, max_chars: int) -> str:
     return raw.decode("utf-8", errors="replace")[:max_chars]
 
 
+def _program_args(pre_main: str) -> list[str]:
+    """The final interpreter's arguments: main.py directly, or through _STAGE2 when there is a pre_main."""
+    if not pre_main:
+        return ["-s", "-P", SCRIPT]
+    return ["-s", "-P", "-c", _STAGE2, pre_main, SCRIPT]
+
+
 def run_python(code: str, *, timeout_s: float = 10, memory_mb: int = 512, file_mb: int = 1,
-               max_output: int = 20_000) -> RunResult:
-    """Run `code` as a Python program in a fresh process with the limits above; never raises for what it does."""
+               max_output: int = 20_000, pre_exec: str = "", pre_main: str = "") -> RunResult:
+    """Run `code` as a Python program in a fresh process with the limits above; never raises for what it does.
+
+    `pre_exec` and `pre_main` (Python source, empty by default) are the extension point for stronger fences
+    (see the module docstring); HumanEval passes neither.
+    """
     _check_args(code, timeout_s, memory_mb, file_mb, max_output)
+    if not isinstance(pre_exec, str) or not isinstance(pre_main, str):
+        raise ValueError("pre_exec and pre_main must be Python source (str)")
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="nanolm-run-", ignore_cleanup_errors=True) as folder:
         with open(os.path.join(folder, SCRIPT), "w", encoding="utf-8") as f:
             f.write(code)
-        argv = [sys.executable, "-I", "-S", "-c", _BOOT, json.dumps(limits(timeout_s, memory_mb, file_mb)), SCRIPT]
+        argv = [sys.executable, "-I", "-S", "-c", _BOOT, json.dumps(limits(timeout_s, memory_mb, file_mb)),
+                pre_exec, json.dumps(_program_args(pre_main))]
         proc = subprocess.Popen(argv, cwd=folder, env=environment(folder), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from ..adapt import learn
 from ..core.calculator import calculate, format_number
+from .rag import Passage
 
 FACT_SEED = 14  # the made-up facts of the store: not the seeds notebook 12's adapters were taught with
 
@@ -136,12 +137,12 @@ def made_up_facts(n_per_kind: int) -> list[learn.Fact]:
     return [f for kind in learn.KINDS for f in learn.made_up_facts(n_per_kind, FACT_SEED, kind)]
 
 
-def fact_passages(facts: Sequence[learn.Fact]) -> list[tuple[str, str]]:
-    """(title, text) of one passage per fact, in two of its wordings: what the search tool finds."""
+def fact_passages(facts: Sequence[learn.Fact]) -> list[Passage]:
+    """One store passage per made-up fact (source "made-up"), in two of its wordings: what search finds."""
     out = []
-    for f in facts:
+    for k, f in enumerate(facts):
         (p1, t1), (p2, t2) = f.examples()[:2]
-        out.append((f.subject, f"{p1}{t1} {p2}{t2}"))
+        out.append(Passage(f"made-up/{k:03d}", "made-up", f.subject, f"{p1}{t1} {p2}{t2}"))
     return out
 
 

@@ -87,11 +87,10 @@ def python(**limits) -> Tool:
                           "is what it prints", lambda code: sandbox.python_tool(code, **limits))
 
 
-def search(index, k: int = 1, method: str = "bm25") -> Tool:
-    """The search tool over a nanolm.use.rag index: the argument is a query, the result the top-k passages."""
+def search(index, k: int = 1, method: str = "hybrid") -> Tool:
+    """The search tool over a nanolm.use.rag.RagIndex: the argument is a query, the result the top-k passages."""
     def run(query: str) -> str:
-        hits = index.search(query, k=k, method=method)
-        return "\n".join(f"[{p.title}] {p.text}" for p in hits) or "error: nothing found"
+        return "\n".join(f"[{p.title}] {p.text}" for p, _ in index.search(query, k=k, method=method))
 
     return Tool("search", "searches the course's documents; its argument is a query, the result the best passage",
                 run)
