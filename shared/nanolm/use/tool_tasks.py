@@ -47,7 +47,7 @@ class Task:
 
 OPS = {"+": ("plus", "added to"), "-": ("minus", "take away"), "*": ("times", "multiplied by"),
        "/": ("divided by", "over")}
-CALC_TRAIN = ("What is {a} {sym} {b}?", "What is {a} {word} {b}?", "Compute {a} {sym} {b}.")
+CALC_TRAIN = ("What is {a} {sym} {b}?", "What is {a} {word} {b}?", "Compute {a} {sym} {b}.", "Work out {a} {word} {b}.")
 CALC_TEST = ("How much is {a} {word} {b}?", "Calculate {a} {word2} {b}, please.", "Quick question: {a} {sym} {b} = ?")
 
 
@@ -74,11 +74,11 @@ WORDS = {"train": ("garden", "pepper", "balloon", "committee", "letter", "river"
                    "parallel", "success", "bookkeeper", "address", "possess", "cinnamon", "tomorrow", "happiness"),
          "test": ("harbour", "mississippi", "strawberry", "banana", "referee", "tattoo", "occurrence",
                   "accommodate", "millennium", "broccoli", "embarrass", "questionnaire")}
-PY_TRAIN = {"count": "How many times does the letter '{c}' appear in '{w}'?",
-            "reverse": "Reverse the string '{w}'.",
-            "fib": "What is Fibonacci number {n}? (F(0) = 0, F(1) = 1)",
-            "sum": "What is the sum of the whole numbers from 1 to {n}?",
-            "primes": "How many prime numbers are there below {n}?"}
+PY_TRAIN = {"count": ("How many times does the letter '{c}' appear in '{w}'?", "How many '{c}'s are in '{w}'?"),
+            "reverse": ("Reverse the string '{w}'.", "Write '{w}' backwards."),
+            "fib": ("What is Fibonacci number {n}? (F(0) = 0, F(1) = 1)", "Compute the Fibonacci number F({n})."),
+            "sum": ("What is the sum of the whole numbers from 1 to {n}?", "Sum the integers 1 to {n}."),
+            "primes": ("How many prime numbers are there below {n}?", "How many primes are less than {n}?")}
 PY_TEST = {"count": "Count the letter '{c}' in the word '{w}'.",
            "reverse": "What is '{w}' spelled backwards?",
            "fib": "Give me F({n}) in the Fibonacci sequence that starts F(0) = 0, F(1) = 1.",
@@ -116,7 +116,8 @@ def python_tasks(n: int, seed: int, split: str) -> list[Task]:
         w = rng.choice(WORDS[split])
         c = rng.choice(sorted(set(w)))
         k = rng.randint(lo, hi) if kind == "fib" else rng.randint(10 * lo, 10 * hi) if kind != "count" else 0
-        q = (PY_TRAIN if split == "train" else PY_TEST)[kind].format(w=w, c=c, n=k)
+        wording = PY_TRAIN[kind][(i // len(kinds)) % 2] if split == "train" else PY_TEST[kind]
+        q = wording.format(w=w, c=c, n=k)
         answer = _py_answer(kind, w, c, k)
         out.append(Task(q, "python", PY_CODE[kind].format(w=w, c=c, n=k), answer, f"The answer is {answer}.",
                         f"python {kind}"))
@@ -170,6 +171,46 @@ NO_TOOL = (
     "What is the boiling point of water in Celsius?", "Suggest a name for a pet cat.",
     "What is photosynthesis, in one sentence?", "Which planet is closest to the Sun?",
     "Thank you for your help!", "What language is spoken in Brazil?")
+
+
+# Taught: questions answered from memory, no call (written for the course; none of them in NO_TOOL).
+NO_TOOL_TRAIN = (
+    ("Hi there!", "Hello! How can I help you today?"),
+    ("Good morning!", "Good morning! What can I do for you?"),
+    ("Thanks a lot.", "You're welcome!"),
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
+    ("What is the largest ocean on Earth?", "The Pacific Ocean is the largest ocean on Earth."),
+    ("How many days are in a week?", "There are seven days in a week."),
+    ("What gas do plants take in?", "Plants take in carbon dioxide."),
+    ("What is the freezing point of water in Celsius?", "Water freezes at 0 degrees Celsius."),
+    ("Which animal is known as the king of the jungle?", "The lion is called the king of the jungle."),
+    ("What language is spoken in Germany?", "German is spoken in Germany."),
+    ("Write a short poem about rain.", "Soft rain on the roof,\na quiet song for the night,\nthe garden drinks deep."),
+    ("Give me two tips for studying.", "1. Study in short sessions with breaks. 2. Test yourself instead of rereading."),
+    ("What is a good name for a dog?", "How about Biscuit? It is friendly and easy to call."),
+    ("Tell me a fun fact.", "Octopuses have three hearts."),
+    ("What is the opposite of 'up'?", "The opposite of 'up' is 'down'."),
+    ("Give me a synonym for 'big'.", "A synonym for 'big' is 'large'."),
+    ("Translate 'thank you' into French.", "'Thank you' in French is 'merci'."),
+    ("What colour is grass?", "Grass is green."),
+    ("How many continents are there?", "There are seven continents."),
+    ("What do cows drink?", "Cows drink water."),
+    ("Describe the moon in one sentence.", "The moon is Earth's rocky companion, shining with reflected sunlight."),
+    ("What is gravity, in one sentence?", "Gravity is the force that pulls masses toward each other."),
+    ("Who was the first person to walk on the moon?", "Neil Armstrong was the first person to walk on the moon."),
+    ("Suggest a healthy breakfast.", "Oatmeal with fruit and a glass of milk is a healthy breakfast."),
+    ("What is the chemical symbol for gold?", "The chemical symbol for gold is Au."),
+    ("How are you?", "I'm doing well, thank you! How can I help?"),
+    ("Can you recommend a book?", "Try 'The Hobbit' by J.R.R. Tolkien: a short, warm adventure."),
+    ("What season comes after winter?", "Spring comes after winter."),
+)
+
+
+def no_tool_conversations() -> list[list[dict]]:
+    """The taught no-call conversations (NO_TOOL_TRAIN): a question and a direct answer."""
+    return [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in NO_TOOL_TRAIN]
 
 
 def no_tool_tasks() -> list[Task]:
