@@ -129,3 +129,24 @@ def test_tool_tasks_are_right_by_construction():
     assert tool_tasks.check_answer(t, f"It is {t.answer.upper()}.") and not tool_tasks.check_answer(t, "No idea.")
     assert tool_tasks.check_answer(tool_tasks.Task("q", "calculator", "", "1134", "", ""), "It is 1,134.")
     assert not tool_tasks.check_answer(tool_tasks.Task("q", "calculator", "", "113", "", ""), "It is 1134.")
+
+
+def test_search_tasks_point_at_the_passage_that_answers():
+    facts = tool_tasks.made_up_facts(6)
+    passages = {p.id: p for p in tool_tasks.fact_passages(facts)}
+    for t in tool_tasks.search_tasks(facts, "train") + tool_tasks.search_tasks(facts, "test"):
+        assert t.answer in passages[t.passage].text and t.answer in t.reply and t.answer not in t.question
+
+
+def test_evaluate_and_breakdown_score_calls_and_answers(fmt):
+    right, wrong = tool_tasks.calculator_tasks(2, 0, "test")
+    none = tool_tasks.no_tool_tasks()[0]
+    model = Scripted([turn_ids(fmt, call(right.arguments)), turn_ids(fmt, answer(f"It is {right.answer}.")),
+                      turn_ids(fmt, call("1+1")), turn_ids(fmt, answer(f"It is {wrong.answer}.")),
+                      turn_ids(fmt, call("2+2")), turn_ids(fmt, answer("Hello."))])
+    out = tool_tasks.evaluate(model, fmt, [right, wrong, none], BOX)
+    assert [(o.answer_ok, o.call_ok, o.called) for o in out] == [(True, True, True), (True, False, True),
+                                                                  (False, False, True)]
+    table = tool_tasks.breakdown(out)
+    assert table["calculator"]["answer"].value == 1.0 and table["calculator"]["call"].value == 0.5
+    assert table["none"]["called"].value == 1.0  # a call on a no-tool question: a false call

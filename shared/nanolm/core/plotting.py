@@ -46,8 +46,9 @@ def subplots(nrows: int = 1, ncols: int = 1, width: float | None = None, height:
     return plt.subplots(nrows, ncols, figsize=(w, h), **kw)
 
 
-def token_strip(ax, pieces, mask, per_row: int = 16, colors: tuple[str, str] = ("#e8e8e8", "#8fd18f")) -> None:
-    """Draw tokens as boxes in rows, coloured by mask (0 grey, 1 green): which tokens a loss trains."""
+def token_strip(ax, pieces, mask, per_row: int = 16, colors: tuple[str, ...] = ("#e8e8e8", "#8fd18f")) -> None:
+    """Draw tokens as boxes in rows, coloured by mask (0 grey, 1 green): which tokens a loss trains.
+    More than two kinds: pass integer kinds as the mask and one colour per kind."""
     from matplotlib.patches import Rectangle
 
     if len(pieces) != len(mask):
@@ -55,7 +56,7 @@ def token_strip(ax, pieces, mask, per_row: int = 16, colors: tuple[str, str] = (
     rows = (len(pieces) + per_row - 1) // per_row
     for k, (text, m) in enumerate(zip(pieces, mask, strict=True)):
         r, c = divmod(k, per_row)
-        ax.add_patch(Rectangle((c, rows - 1 - r), 0.95, 0.9, color=colors[int(bool(m))]))
+        ax.add_patch(Rectangle((c, rows - 1 - r), 0.95, 0.9, color=colors[int(m)]))
         label = text.replace("\n", "\\n")
         ax.text(c + 0.47, rows - 1 - r + 0.45, label if len(label) <= 10 else label[:9] + "…",
                 ha="center", va="center", fontsize=6.5, family="monospace")

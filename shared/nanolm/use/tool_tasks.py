@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 from ..adapt import learn
 from ..core.calculator import calculate, format_number
+from ..eval import stats
+from . import agent
 from .rag import Passage
 
 FACT_SEED = 14  # the made-up facts of the store: not the seeds notebook 12's adapters were taught with
@@ -41,6 +43,7 @@ class Task:
     answer: str  # what the final answer must contain
     reply: str  # the final answer as the training data writes it
     kind: str  # the generator that made it (for breakdowns)
+    passage: str = ""  # search tasks: the id of the store passage that answers (fact_passages' ids)
 
 
 # ----------------------------------------------------------------------------- calculator
@@ -151,12 +154,12 @@ def search_tasks(facts: Sequence[learn.Fact], split: str) -> list[Task]:
     """A question per fact: the first half of each kind for train, the second half for test."""
     out = []
     for kind in learn.KINDS:
-        of_kind = [f for f in facts if f.kind == kind]
+        of_kind = [(k, f) for k, f in enumerate(facts) if f.kind == kind]
         half = len(of_kind) // 2
-        for f in of_kind[:half] if split == "train" else of_kind[half:]:
+        for k, f in of_kind[:half] if split == "train" else of_kind[half:]:
             q = (SEARCH_TRAIN if split == "train" else SEARCH_TEST)[kind].format(s=f.subject)
             out.append(Task(q, "search", QUERY[kind].format(s=f.subject), f.answer, f.sentence(),
-                            f"search {kind}"))
+                            f"search {kind}", passage=f"made-up/{k:03d}"))
     return out
 
 
@@ -230,6 +233,42 @@ def conversation(task: Task, toolbox) -> list[dict]:
         raise ValueError(f"the reference call failed: {task.tool}({task.arguments!r}) -> {call.output}")
     return [user, {"role": "assistant", "content": "", "tool_calls": [{"name": task.tool, "arguments": task.arguments}]},
             {"role": "tool", "content": call.output}, {"role": "assistant", "content": task.reply}]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One task answered through the tool loop: was the answer right, was the first call right, and cost."""
+
+    task: Task
+    answer_ok: bool  # for a no-tool task: no call was made
+    call_ok: bool  # the first call used the right tool with the right arguments (False when none was made)
+    called: bool
+    answer: str
+    calls: tuple  # nanolm.use.tools.Call of every call made
+    seconds: float  # the whole loop: generation, tools, generation again
+
+
+def evaluate(model, fmt, items: Sequence[Task], toolbox, *, max_new_tokens: int = 80, **loop) -> list[Outcome]:
+    """Run every task's question through nanolm.use.agent.run with the toolbox and score it."""
+    out = []
+    for t in items:
+        r = agent.run(model, fmt, [{"role": "user", "content": t.question}], toolbox, max_new_tokens=max_new_tokens, **loop)
+        first = r.calls[0] if r.calls else None
+        call_ok = first is not None and check_call(t, first.name, first.arguments, first.output)
+        answer_ok = check_answer(t, r.answer) if t.tool else not r.calls
+        out.append(Outcome(t, answer_ok, call_ok, bool(r.calls), r.answer, tuple(r.calls), r.seconds))
+    return out
+
+
+def breakdown(outcomes: Sequence[Outcome]) -> dict[str, dict[str, stats.Accuracy]]:
+    """Per tool ("none" for no-tool tasks): accuracy of the answer and of the first call, with Wilson intervals."""
+    out = {}
+    for tool in dict.fromkeys(o.task.tool or "none" for o in outcomes):
+        mine = [o for o in outcomes if (o.task.tool or "none") == tool]
+        out[tool] = {"answer": stats.accuracy([o.answer_ok for o in mine]),
+                     "call": stats.accuracy([o.call_ok for o in mine]),
+                     "called": stats.accuracy([o.called for o in mine])}
+    return out
 
 
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
