@@ -181,15 +181,12 @@ NO_TOOL_TRAIN = (
     ("Hi there!", "Hello! How can I help you today?"),
     ("Good morning!", "Good morning! What can I do for you?"),
     ("Thanks a lot.", "You're welcome!"),
-    ("What is the capital of Italy?", "The capital of Italy is Rome."),
-    ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
     ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
     ("What is the largest ocean on Earth?", "The Pacific Ocean is the largest ocean on Earth."),
     ("How many days are in a week?", "There are seven days in a week."),
     ("What gas do plants take in?", "Plants take in carbon dioxide."),
     ("What is the freezing point of water in Celsius?", "Water freezes at 0 degrees Celsius."),
     ("Which animal is known as the king of the jungle?", "The lion is called the king of the jungle."),
-    ("What language is spoken in Germany?", "German is spoken in Germany."),
     ("Write a short poem about rain.", "Soft rain on the roof,\na quiet song for the night,\nthe garden drinks deep."),
     ("Give me two tips for studying.", "1. Study in short sessions with breaks. 2. Test yourself instead of rereading."),
     ("What is a good name for a dog?", "How about Biscuit? It is friendly and easy to call."),
@@ -211,9 +208,30 @@ NO_TOOL_TRAIN = (
 )
 
 
+# Real facts a model knows, asked in the very wordings of the search questions: known -> answer, made up -> search.
+# (France and Brazil stay out: NO_TOOL asks about them.)
+REAL_FACTS = {
+    "capital": (("Italy", "Rome"), ("Japan", "Tokyo"), ("Germany", "Berlin"), ("Spain", "Madrid"),
+                ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Russia", "Moscow"), ("China", "Beijing"),
+                ("Greece", "Athens"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Mexico", "Mexico City")),
+    "inventor": (("Alexander Graham Bell", "telephone"), ("Thomas Edison", "phonograph"),
+                 ("Johannes Gutenberg", "printing press"), ("the Wright brothers", "airplane"),
+                 ("James Watt", "improved steam engine"), ("Tim Berners-Lee", "World Wide Web")),
+    "language": (("Germany", "German"), ("Japan", "Japanese"), ("Italy", "Italian"), ("Mexico", "Spanish"),
+                 ("Russia", "Russian"), ("China", "Mandarin Chinese")),
+}
+REAL_REPLY = {"capital": "The capital of {s} is {a}.", "inventor": "{S} invented the {a}.",
+              "language": "{a} is spoken in {s}."}
+
+
 def no_tool_conversations() -> list[list[dict]]:
-    """The taught no-call conversations (NO_TOOL_TRAIN): a question and a direct answer."""
-    return [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in NO_TOOL_TRAIN]
+    """The taught no-call conversations: NO_TOOL_TRAIN, and REAL_FACTS asked as the search questions are."""
+    pairs = list(NO_TOOL_TRAIN)
+    for kind, facts in REAL_FACTS.items():
+        for s, a in facts:
+            pairs.append((SEARCH_TRAIN[kind].format(s=s),
+                          REAL_REPLY[kind].format(s=s, S=s[0].upper() + s[1:], a=a)))
+    return [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in pairs]
 
 
 def no_tool_tasks() -> list[Task]:
