@@ -33,9 +33,10 @@ Output a hook prints in the bootstrap is lost at exec unless flushed.
 Where a limit cannot be set it is skipped silently: macOS refuses RLIMIT_AS, and no limit is raised
 above a hard limit the parent already has. The timeout and the group kill always hold.
 
-This is a fence against accidents, not a security sandbox (nanolm.use.sandbox adds those fences): the child can still read files the user can
-read and open network connections, and a grandchild that calls setsid() leaves our process group and
-survives (if it holds our output pipes we stop reading _DRAIN_S after the kill and report timed_out).
+This is a fence against accidents, not a security sandbox (nanolm.use.sandbox adds those fences): the child
+can still read files the user can read and open network connections, and a grandchild that calls setsid()
+leaves our process group and survives (if it holds our output pipes we stop reading _DRAIN_S after the kill
+and report timed_out).
 RLIMIT_NPROC is not set: it counts every process of the user, not of this run.
 """
 
