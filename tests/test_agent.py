@@ -150,3 +150,20 @@ def test_evaluate_and_breakdown_score_calls_and_answers(fmt):
     table = tool_tasks.breakdown(out)
     assert table["calculator"]["answer"].value == 1.0 and table["calculator"]["call"].value == 0.5
     assert table["none"]["called"].value == 1.0  # a call on a no-tool question: a false call
+
+
+def test_call_preferences_prefer_a_call_only_where_one_helps(fmt):
+    facts = tool_tasks.made_up_facts(4)
+    train = tool_tasks.calculator_tasks(4, 0, "train") + tool_tasks.search_tasks(facts, "train")
+    prefs = tool_tasks.call_preferences(train)
+    assert len(prefs) == len(train) + len(tool_tasks.NO_TOOL_TRAIN) + len(tool_tasks.real_fact_questions())
+    for (msgs, chosen, rejected), t in zip(prefs, train, strict=False):
+        assert chosen["tool_calls"] == [{"name": t.tool, "arguments": t.arguments}] and "tool_calls" not in rejected
+        assert not tool_tasks.check_answer(t, rejected["content"])  # the direct answer it must not prefer is wrong
+    for msgs, chosen, rejected in prefs[len(train):]:
+        assert "tool_calls" not in chosen and rejected["tool_calls"][0]["name"] == "search"
+        assert msgs[0]["content"] not in tool_tasks.NO_TOOL  # held-out questions are never trained on
+    from nanolm.adapt import dpo
+    ids, labels = dpo.chat_example(fmt, prefs[0][0], prefs[0][1])  # a whole message with a call as the reply
+    scored = fmt.tokenizer.decode([y for y in labels if y != -100 and y != fmt.tokenizer.special(fmt.end)])
+    assert '"calculator"' in scored and prefs[0][0][0]["content"] not in scored  # the call scored, the question not

@@ -144,15 +144,17 @@ def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor)
             "accuracy": (chosen_rewards > rejected_rewards).float().mean().item()}
 
 
-def chat_example(fmt, messages: list[dict], reply: str) -> tuple[list[int], list[int]]:
+def chat_example(fmt, messages: list[dict], reply: str | dict) -> tuple[list[int], list[int]]:
     """(ids, labels) of a conversation ending in `reply`, only the reply and its end token scored.
+
+    reply: the assistant's content, or a whole assistant message (one with tool calls, say).
 
     fmt is a nanolm.text.chat.Format. The conversation is rendered whole, as the model would see it, and every
     label before the end of the prompt (messages plus the generation prompt) is -100: earlier assistant turns
     are context here, not the completion being judged.
     """
     prompt = fmt.render(messages, add_generation_prompt=True).ids
-    full = fmt.render([*messages, {"role": "assistant", "content": reply}])
+    full = fmt.render([*messages, reply if isinstance(reply, dict) else {"role": "assistant", "content": reply}])
     shared = 0  # the first token of the reply can merge with the opener's text: score from the first difference
     while shared < len(prompt) and full.ids[shared] == prompt[shared]:
         shared += 1

@@ -181,12 +181,15 @@ NO_TOOL_TRAIN = (
     ("Hi there!", "Hello! How can I help you today?"),
     ("Good morning!", "Good morning! What can I do for you?"),
     ("Thanks a lot.", "You're welcome!"),
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
     ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
     ("What is the largest ocean on Earth?", "The Pacific Ocean is the largest ocean on Earth."),
     ("How many days are in a week?", "There are seven days in a week."),
     ("What gas do plants take in?", "Plants take in carbon dioxide."),
     ("What is the freezing point of water in Celsius?", "Water freezes at 0 degrees Celsius."),
     ("Which animal is known as the king of the jungle?", "The lion is called the king of the jungle."),
+    ("What language is spoken in Germany?", "German is spoken in Germany."),
     ("Write a short poem about rain.", "Soft rain on the roof,\na quiet song for the night,\nthe garden drinks deep."),
     ("Give me two tips for studying.", "1. Study in short sessions with breaks. 2. Test yourself instead of rereading."),
     ("What is a good name for a dog?", "How about Biscuit? It is friendly and easy to call."),
@@ -224,14 +227,47 @@ REAL_REPLY = {"capital": "The capital of {s} is {a}.", "inventor": "{S} invented
               "language": "{a} is spoken in {s}."}
 
 
-def no_tool_conversations() -> list[list[dict]]:
-    """The taught no-call conversations: NO_TOOL_TRAIN, and REAL_FACTS asked as the search questions are."""
-    pairs = list(NO_TOOL_TRAIN)
+def real_fact_questions() -> list[tuple[str, str, str]]:
+    """(question, direct answer, the search query a needless call would send) for every REAL_FACTS entry."""
+    out = []
     for kind, facts in REAL_FACTS.items():
         for s, a in facts:
-            pairs.append((SEARCH_TRAIN[kind].format(s=s),
-                          REAL_REPLY[kind].format(s=s, S=s[0].upper() + s[1:], a=a)))
+            out.append((SEARCH_TRAIN[kind].format(s=s), REAL_REPLY[kind].format(s=s, S=s[0].upper() + s[1:], a=a),
+                        QUERY[kind].format(s=s)))
+    return out
+
+
+def no_tool_conversations(real_facts: bool = False) -> list[list[dict]]:
+    """The taught no-call conversations: NO_TOOL_TRAIN (and REAL_FACTS asked as the search questions are)."""
+    pairs = list(NO_TOOL_TRAIN) + ([(q, a) for q, a, _ in real_fact_questions()] if real_facts else [])
     return [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in pairs]
+
+
+def call_preferences(tool_tasks: Sequence[Task]) -> list[tuple[list[dict], dict, dict]]:
+    """(messages, chosen, rejected) assistant turns that teach when a call helps, for DPO (nanolm.adapt.dpo):
+
+    a tool task          chosen: the reference call          rejected: a direct answer that is wrong
+    a question it knows  chosen: the direct answer           rejected: a search call it does not need
+    (NO_TOOL_TRAIN and REAL_FACTS, the latter in the search questions' own wordings)
+    """
+    def user(q):
+        return [{"role": "user", "content": q}]
+
+    out = []
+    for k, t in enumerate(tool_tasks):
+        others = [o for o in [*tool_tasks[k + 1:], *tool_tasks[:k]] if o.tool == t.tool and o.answer != t.answer]
+        other = next((o for o in others if o.kind == t.kind), others[0] if others else None)
+        if other is None:
+            raise ValueError(f"a wrong answer for {t.question!r} is taken from another {t.tool} task: give two or more")
+        call = {"role": "assistant", "content": "", "tool_calls": [{"name": t.tool, "arguments": t.arguments}]}
+        wrong = t.reply.replace(t.answer, other.answer)  # a fluent, confident, wrong answer
+        out.append((user(t.question), call, {"role": "assistant", "content": wrong}))
+    real = real_fact_questions()
+    known = [(q, a, q.rstrip("?.!")) for q, a in NO_TOOL_TRAIN if q not in {r[0] for r in real}] + real
+    for q, a, query in known:
+        needless = {"role": "assistant", "content": "", "tool_calls": [{"name": "search", "arguments": query}]}
+        out.append((user(q), {"role": "assistant", "content": a}, needless))
+    return out
 
 
 def no_tool_tasks() -> list[Task]:
