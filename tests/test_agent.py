@@ -156,8 +156,10 @@ def test_call_preferences_prefer_a_call_only_where_one_helps(fmt):
     facts = tool_tasks.made_up_facts(4)
     train = tool_tasks.calculator_tasks(4, 0, "train") + tool_tasks.search_tasks(facts, "train")
     prefs = tool_tasks.call_preferences(train)
-    assert len(prefs) == len(train) + len(tool_tasks.NO_TOOL_TRAIN) + len(tool_tasks.real_fact_questions())
-    for (msgs, chosen, rejected), t in zip(prefs, train, strict=False):
+    known = {q for q, _ in tool_tasks.NO_TOOL_TRAIN} | {q for q, _, _ in tool_tasks.real_fact_questions()}
+    assert len(prefs) == len(train) + len(known)  # a question in both lists makes one pair
+    assert {m[0]["content"] for m, _, _ in prefs[len(train):]} == known
+    for (_, chosen, rejected), t in zip(prefs, train, strict=False):
         assert chosen["tool_calls"] == [{"name": t.tool, "arguments": t.arguments}] and "tool_calls" not in rejected
         assert not tool_tasks.check_answer(t, rejected["content"])  # the direct answer it must not prefer is wrong
     for msgs, chosen, rejected in prefs[len(train):]:
