@@ -15,7 +15,7 @@ SAVE = dict(notebook="14_tools_and_rag", profile="smoke")
 def test_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOLM_CHECKPOINTS", str(tmp_path))
     _, ours, plain = _trained_pair()
-    chat_tools.save(ours, settings={"max_steps": 2, "tools": ["calculator", "python"]}, metrics={"acc": 0.9}, **SAVE)
+    chat_tools.save("chat-tools", ours, settings={"max_steps": 2, "tools": ["calculator", "python"]}, metrics={"acc": 0.9}, **SAVE)
     settings = chat_tools.load(plain, profile="smoke")
     assert settings == {**chat_tools.DEFAULTS, "max_steps": 2, "tools": ["calculator", "python"]}
     assert all(torch.equal(v, lora_state(ours)[k]) for k, v in lora_state(plain).items())
@@ -27,8 +27,8 @@ def test_refusals(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOLM_CHECKPOINTS", str(tmp_path))
     _, ours, plain = _trained_pair()
     with pytest.raises(ValueError, match="unknown settings"):
-        chat_tools.save(ours, settings={"max_stepz": 2}, **SAVE)
-    art = chat_tools.save(ours, settings={}, **SAVE)
+        chat_tools.save("chat-tools", ours, settings={"max_stepz": 2}, **SAVE)
+    art = chat_tools.save("chat-tools", ours, settings={}, **SAVE)
     _, _, other = _trained_pair(tie=False)
     with torch.no_grad():
         other.tok_emb.weight.add_(1e-3)

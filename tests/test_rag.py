@@ -159,7 +159,7 @@ def test_store_is_deterministic_and_bounded():
 def test_save_load_round_trip_and_tamper(isolated_checkpoints):
     emb = HashEmbedder()
     index = rag.build(rag.Store(SYNTHETIC), emb, k1=1.2, b=0.5, idf="okapi")
-    art = rag.save(index, profile="smoke", metrics={"recall@1": 1.0})
+    art = rag.save("rag-index", index, profile="smoke", metrics={"recall@1": 1.0})
     assert art.config["bm25"]["idf"] == "okapi" and art.config["embedder"]["name"] == emb.name
     back = rag.load(profile="smoke", embedder=emb)
     assert back.store.passages == index.store.passages

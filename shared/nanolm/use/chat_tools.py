@@ -27,7 +27,7 @@ DEFAULTS = {"tools": ["calculator", "python", "search"], "search_k": 1, "search_
             "max_steps": 3, "time_limit_s": 60.0, "max_new_tokens": 96}
 
 
-def save(model: nn.Module, *, settings: dict, profile: str, notebook: str, base: str = "smollm2",
+def save(name: str, model: nn.Module, *, settings: dict, profile: str, notebook: str, base: str = "smollm2",
          metrics: dict | None = None, root=None) -> artifacts.Artifact:
     """Save the model's LoRA adapter with the loop's settings (unknown settings are refused)."""
     from safetensors.torch import save as st_save
@@ -39,21 +39,21 @@ def save(model: nn.Module, *, settings: dict, profile: str, notebook: str, base:
     config = {"kind": KIND, "base": base, "base_sha256": base_sha256(model), **lora_settings(model)}
     config["targets"] = list(config["targets"])
     files = {WEIGHTS: st_save(state, metadata={"format": "pt"}), CONFIG: peft_config, SETTINGS: settings}
-    return artifacts.save(NAME, notebook=notebook, profile=profile, config=config, metrics=metrics, files=files,
+    return artifacts.save(name, notebook=notebook, profile=profile, config=config, metrics=metrics, files=files,
                           root=root)
 
 
-def load(model: nn.Module, *, profile: str, root=None) -> dict:
+def load(model: nn.Module, *, profile: str, name: str = NAME, root=None) -> dict:
     """Load the adapter into the model (in place, onto the base it was trained on); return the settings."""
     from safetensors.torch import load as st_load
 
-    art = artifacts.load(NAME, profile=profile, root=root)
+    art = artifacts.load(name, profile=profile, root=root)
     if art.config.get("kind") != KIND:
-        raise artifacts.ArtifactError(f"artifact {NAME!r} is not a chat-tools adapter (kind "
-                                      f"{art.config.get('kind')!r}); re-run {artifacts.producer(NAME)}")
+        raise artifacts.ArtifactError(f"artifact {name!r} is not a chat-tools adapter (kind "
+                                      f"{art.config.get('kind')!r}); re-run {artifacts.producer(name)}")
     want, got = art.config["base_sha256"], base_sha256(model)
     if want != got:
-        raise ValueError(f"{NAME} was trained on {art.config['base']!r} (weights sha256 {want[:12]}...), not on the "
+        raise ValueError(f"{name} was trained on {art.config['base']!r} (weights sha256 {want[:12]}...), not on the "
                          f"model passed (sha256 {got[:12]}...): load {art.config['base']!r} without other adapters")
     from_peft(model, st_load(art.bytes(WEIGHTS)), art.json(CONFIG))
     return art.json(SETTINGS)

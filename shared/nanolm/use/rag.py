@@ -264,7 +264,7 @@ def build(store: Store, embedder: Embedder, **bm25_options) -> RagIndex:
     return RagIndex(store, BM25(store.texts(), **bm25_options), DenseIndex(vectors), embedder)
 
 
-def save(index: RagIndex, *, profile: str, name: str = ARTIFACT, notebook: str = NOTEBOOK,
+def save(name: str, index: RagIndex, *, profile: str, notebook: str = NOTEBOOK,
          metrics: dict | None = None, root=None) -> artifacts.Artifact:
     """Save the passages (JSON), their vectors (safetensors) and a config naming the encoder and BM25."""
     import torch
