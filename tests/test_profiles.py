@@ -56,3 +56,10 @@ def test_check_passes_the_three_profiles_only():
     for bad in ["../../etc", "auto", "", "CPU", "cpu/../gpu", None, 1]:
         with pytest.raises(ValueError, match="smoke, cpu, gpu"):
             profiles.check(bad)
+
+
+def test_within_names_the_tolerance_class():
+    from nanolm.core.notebook import within
+
+    assert [within(x) for x in (0.0, 3e-16, -2e-10, 5e-8, 4e-4)] == ["< 1e-12", "< 1e-12", "< 1e-09", "< 1e-06", "< 1e-03"]
+    assert within(0.5) == ">= 1e-03 (5.00e-01)" and within(float("nan")) == "nan"

@@ -39,3 +39,21 @@ def setup(notebook: str, profile: str, seed: int, sizes: dict[str, dict], *, thr
     print(f"{notebook} | profile {profile} | seed {seed} | {devices.describe(dev)}")
     print(profiles.show(sizes, profile))
     return profile, cfg, dev
+
+
+TOLERANCE_CLASSES = (1e-12, 1e-9, 1e-6, 1e-3)  # float64 round-off, loose float64, float32, "close"
+
+
+def within(diff: float) -> str:
+    """A measured difference as the smallest tolerance class it falls under: "< 1e-12", ..., or ">= 1e-3 (X)".
+
+    A checked cell prints this rather than the raw value (round-off differs in the last bits between machines)
+    or a literal True (which no regression changes): a parity that loses three digits changes the printed class.
+    """
+    diff = abs(float(diff))
+    if diff != diff:  # NaN
+        return "nan"
+    for bound in TOLERANCE_CLASSES:
+        if diff < bound:
+            return f"< {bound:.0e}"
+    return f">= {TOLERANCE_CLASSES[-1]:.0e} ({diff:.2e})"
