@@ -32,7 +32,7 @@ def test_refusals(tmp_path, monkeypatch):
     _, _, other = _trained_pair(tie=False)
     with torch.no_grad():
         other.tok_emb.weight.add_(1e-3)
-    with pytest.raises(ValueError, match="was trained on 'smollm2'"):
+    with pytest.raises(ValueError, match="was trained on base model 'smollm2'"):
         chat_tools.load(other, profile="smoke")
     with pytest.raises(ValueError, match="pass the rag index"):
         chat_tools.toolbox(chat_tools.DEFAULTS)

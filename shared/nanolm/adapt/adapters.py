@@ -117,14 +117,33 @@ def base_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def save(name: str, model: nn.Module, *, notebook: str, profile: str, base: str, metrics: dict | None = None,
-         base_model_name_or_path: str | None = None) -> artifacts.Artifact:
-    """Save a model's adapters as artifact adapters/<name>: PEFT's two files + a manifest naming the base."""
+def peft_files(model: nn.Module, *, kind: str, base: str,
+               base_model_name_or_path: str | None = None) -> tuple[dict, dict]:
+    """(manifest config, files) of a model's adapter: PEFT's two files, and a config naming kind and base."""
     from safetensors.torch import save as st_save
 
     state, peft_config = to_peft(model, base_model_name_or_path=base_model_name_or_path)
-    config = {"kind": KIND, "base": base, "base_sha256": base_sha256(model), **lora_settings(model)}
-    files = {WEIGHTS: st_save(state, metadata={"format": "pt"}), CONFIG: peft_config}
+    config = {"kind": kind, "base": base, "base_sha256": base_sha256(model), **lora_settings(model)}
+    return config, {WEIGHTS: st_save(state, metadata={"format": "pt"}), CONFIG: peft_config}
+
+
+def check_base(art: artifacts.Artifact, model: nn.Module, kind: str) -> None:
+    """Refuse an artifact of another kind, or one made for other base weights than the model's."""
+    if art.config.get("kind") != kind:
+        raise artifacts.ArtifactError(f"artifact {art.name!r} is not a {kind} (kind {art.config.get('kind')!r}); "
+                                      f"re-run {artifacts.producer(art.name)}")
+    want, got = art.config["base_sha256"], base_sha256(model)
+    if want != got:
+        raise ValueError(
+            f"{art.name!r} was trained on base model {art.config['base']!r} (weights sha256 {want[:12]}...), "
+            f"but the model passed has other weights (sha256 {got[:12]}...). Load {art.config['base']!r} "
+            "(unmerged, without other adapters merged in) and pass that model.")
+
+
+def save(name: str, model: nn.Module, *, notebook: str, profile: str, base: str, metrics: dict | None = None,
+         base_model_name_or_path: str | None = None) -> artifacts.Artifact:
+    """Save a model's adapters as artifact adapters/<name>: PEFT's two files + a manifest naming the base."""
+    config, files = peft_files(model, kind=KIND, base=base, base_model_name_or_path=base_model_name_or_path)
     return artifacts.save(f"adapters/{name}", notebook=notebook, profile=profile, config=config,
                           metrics=metrics, files=files)
 
@@ -139,11 +158,6 @@ def load(name: str, model: nn.Module, *, profile: str) -> tuple[nn.Module, artif
         raise artifacts.ArtifactError(
             f"artifact {art.name!r} holds no LoRA adapter (missing {missing}, kind {art.config.get('kind')!r}); "
             f"save one with nanolm.adapt.adapters.save, or re-run {artifacts.producer(art.name)}")
-    want, got = art.config["base_sha256"], base_sha256(model)
-    if want != got:
-        raise ValueError(
-            f"adapter {name!r} was trained on base model {art.config['base']!r} (weights sha256 {want[:12]}...), "
-            f"but the model passed has other weights (sha256 {got[:12]}...). Load {art.config['base']!r} "
-            "(unmerged, without other adapters merged in) and pass that model.")
+    check_base(art, model, KIND)
     from_peft(model, st_load(art.bytes(WEIGHTS)), art.json(CONFIG))
     return model, art

@@ -34,7 +34,7 @@ from torch import nn
 from ..core import artifacts
 from ..eval import scorer
 from ..eval.complete import Completion, complete
-from .adapters import base_sha256, from_peft, lora_settings, to_peft
+from .adapters import base_sha256, check_base, from_peft, lora_settings, to_peft
 from .learn import fresh_state
 from .lora import load_lora_state, lora_layers, lora_state, ours_name
 from .router import Router, prompt_features
@@ -159,20 +159,14 @@ def load(name: str, model: nn.Module, *, profile: str, root=None) -> tuple[Libra
     from safetensors.torch import load as st_load
 
     art = artifacts.load(name, profile=profile, root=root)
-    if art.config.get("kind") != KIND:
-        raise artifacts.ArtifactError(f"artifact {name!r} is no adapter library (kind {art.config.get('kind')!r}); "
-                                      f"save one with nanolm.adapt.library.save")
-    want, got = art.config["base_sha256"], base_sha256(model)
-    if want != got:
-        raise ValueError(f"library {name!r} was made for base {art.config['base']!r} (weights sha256 {want[:12]}...),"
-                         f" but the model passed has other weights (sha256 {got[:12]}...)")
+    check_base(art, model, KIND)
     states = {}
     for adapter in art.config["adapters"]:
         peft = st_load(art.bytes(f"{adapter}.adapter_model.safetensors"))
         from_peft(model, peft, art.json(f"{adapter}.adapter_config.json"))  # checks the settings, LoRAs a bare model
         states[adapter] = {ours_name(k): v for k, v in peft.items()}
     settings = {k: art.config[k] for k in ("r", "alpha", "dropout", "rslora", "use_dora")}
-    lib = Library(art.config["base"], want, {**settings, "targets": tuple(art.config["targets"])}, states)
+    lib = Library(art.config["base"], art.config["base_sha256"], {**settings, "targets": tuple(art.config["targets"])}, states)
     if art.config["router"]:
         set_router(lib, Router.from_state(st_load(art.bytes(ROUTER)), art.config["router"]))
     use(model, lib, BASE)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..adapt.adapters import CONFIG, WEIGHTS, base_sha256, from_peft, lora_settings, to_peft
+from ..adapt.adapters import CONFIG, WEIGHTS, check_base, from_peft, peft_files
 from ..core import artifacts
 from . import tools
 
@@ -30,15 +30,11 @@ DEFAULTS = {"tools": ["calculator", "python", "search"], "search_k": 1, "search_
 def save(name: str, model: nn.Module, *, settings: dict, profile: str, notebook: str, base: str = "smollm2",
          metrics: dict | None = None, root=None) -> artifacts.Artifact:
     """Save the model's LoRA adapter with the loop's settings (unknown settings are refused)."""
-    from safetensors.torch import save as st_save
-
     settings = {**DEFAULTS, **settings}
     if unknown := set(settings) - set(DEFAULTS):
         raise ValueError(f"unknown settings {sorted(unknown)}; the settings are {sorted(DEFAULTS)}")
-    state, peft_config = to_peft(model, base_model_name_or_path=base)
-    config = {"kind": KIND, "base": base, "base_sha256": base_sha256(model), **lora_settings(model)}
-    config["targets"] = list(config["targets"])
-    files = {WEIGHTS: st_save(state, metadata={"format": "pt"}), CONFIG: peft_config, SETTINGS: settings}
+    config, files = peft_files(model, kind=KIND, base=base, base_model_name_or_path=base)
+    files[SETTINGS] = settings
     return artifacts.save(name, notebook=notebook, profile=profile, config=config, metrics=metrics, files=files,
                           root=root)
 
@@ -48,13 +44,7 @@ def load(model: nn.Module, *, profile: str, name: str = NAME, root=None) -> dict
     from safetensors.torch import load as st_load
 
     art = artifacts.load(name, profile=profile, root=root)
-    if art.config.get("kind") != KIND:
-        raise artifacts.ArtifactError(f"artifact {name!r} is not a chat-tools adapter (kind "
-                                      f"{art.config.get('kind')!r}); re-run {artifacts.producer(name)}")
-    want, got = art.config["base_sha256"], base_sha256(model)
-    if want != got:
-        raise ValueError(f"{name} was trained on {art.config['base']!r} (weights sha256 {want[:12]}...), not on the "
-                         f"model passed (sha256 {got[:12]}...): load {art.config['base']!r} without other adapters")
+    check_base(art, model, KIND)
     from_peft(model, st_load(art.bytes(WEIGHTS)), art.json(CONFIG))
     return art.json(SETTINGS)
 
