@@ -10,6 +10,8 @@ Writes accel.rank<r>: the final parameters and the losses, to compare with `ddp`
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 from accelerate import Accelerator
 
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
         accelerator.print(f"step {step + 1}/{setup.steps} | loss {losses[-1]:.4f}")
     final = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-    save_results(setup, "accel", rank, final, {"losses": losses, "world": world,
+    save_results(setup.out, "accel", rank, final, {"setup": asdict(setup)} | {"losses": losses, "world": world,
                                                 "distributed_type": str(accelerator.distributed_type)})
     accelerator.end_training()
 

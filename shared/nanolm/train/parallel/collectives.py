@@ -16,6 +16,7 @@ Writes collectives.rank<r>: each result, and the timings.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     root = x.clone()
     dist.broadcast(root, src=0)
     out["broadcast"] = root
-    save_results(setup, "collectives", rank, out, {"world": world, "backend": dist.get_backend(),
+    save_results(setup.out, "collectives", rank, out, {"setup": asdict(setup)} | {"world": world, "backend": dist.get_backend(),
                                                    "bandwidth": bandwidth(args.max_mb)})
     dist.destroy_process_group()
 

@@ -46,6 +46,7 @@ class Setup:
     lr: float = 1e-3
     weight_decay: float = 0.1
     seed: int = 0
+    dtype: str = "float32"  # "float64" for tests: parity down to rounding
     out: str = "."
 
     @classmethod
@@ -85,7 +86,7 @@ def build_model(setup: Setup) -> Llama:
         model = Llama(TINY)
     else:
         raise ValueError(f"model must be 'tiny' or 'base', got {setup.model!r}")
-    return model.train()
+    return model.to(getattr(torch, setup.dtype)).train()
 
 
 def batches(setup: Setup, vocab_size: int):
@@ -152,13 +153,13 @@ def state_bytes(tensors) -> int:
     return total
 
 
-def save_results(setup: Setup, name: str, rank: int, tensors: dict[str, torch.Tensor], info: dict) -> None:
-    """Write this rank's tensors (safetensors) and facts (JSON), each atomically."""
-    out = Path(setup.out)
+def save_results(out: str | os.PathLike, name: str, rank: int, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    """Write this rank's tensors (safetensors) and facts (JSON) into folder `out`, each atomically."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plain = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     write_bytes_atomic(out / f"{name}.rank{rank}.safetensors", save_safetensors(plain))
-    write_json_atomic(out / f"{name}.rank{rank}.json", {"rank": rank, "setup": asdict(setup), **info})
+    write_json_atomic(out / f"{name}.rank{rank}.json", {"rank": rank, **info})
 
 
 def read_results(out: str | os.PathLike, name: str) -> list[tuple[dict[str, torch.Tensor], dict]]:

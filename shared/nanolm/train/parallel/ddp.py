@@ -17,18 +17,29 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .common import Setup, adamw, batches, build_model, decay_groups, global_mean, init, my_rows, save_results
+from .common import (
+    Setup,
+    adamw,
+    batches,
+    build_model,
+    decay_groups,
+    global_mean,
+    init,
+    my_rows,
+    save_results,
+)
 
 
 def train_step(ddp: DDP, opt, x: torch.Tensor, y: torch.Tensor, accum: int, sync: bool = True) -> torch.Tensor:
     """One optimizer step on this rank's rows, in `accum` micro-batches; returns this rank's mean loss."""
     total = torch.zeros(())
-    for xs, ys, last in zip(x.chunk(accum), y.chunk(accum), [False] * (accum - 1) + [True]):
+    for xs, ys, last in zip(x.chunk(accum), y.chunk(accum), [False] * (accum - 1) + [True], strict=True):
         context = ddp.no_sync() if (not last or not sync) else contextlib.nullcontext()
         with context:
             _, loss = ddp(xs, ys)
@@ -71,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.timing:
         info["step_s"] = timed(ddp, opt, batch_at, setup, rank, world, args.accum, args.timing, True)
         info["compute_s"] = timed(ddp, opt, batch_at, setup, rank, world, args.accum, args.timing, False)
-    save_results(setup, "ddp", rank, final, info)
+    save_results(setup.out, "ddp", rank, final, {"setup": asdict(setup)} | info)
     dist.destroy_process_group()
 
 

@@ -18,6 +18,7 @@ Writes fsdp.rank<r> (the full final parameters, the losses, bytes per rank) and 
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             "adam_bytes": state_bytes(adam_state)}
     save_checkpoint(model, f"{setup.out}/{CHECKPOINT}")
     final = {k: v.full_tensor() for k, v in model.state_dict().items()}  # every rank gathers: a collective
-    save_results(setup, "fsdp", rank, final, info)
+    save_results(setup.out, "fsdp", rank, final, {"setup": asdict(setup)} | info)
     dist.destroy_process_group()
 
 

@@ -52,17 +52,18 @@ def command(script: str, args: list[str], *, nproc: int = 2, launcher: str = "to
     return [*head, "-m", script, *args]
 
 
-def run(script: str, setup: Setup, *extra: str, nproc: int = 2, launcher: str = "torchrun",
+def run(script: str, setup: Setup | None, *extra: str, nproc: int = 2, launcher: str = "torchrun",
         threads: int = 1, timeout_s: float = 600) -> Launched:
-    """Launch `script` on nproc local processes with `setup`, wait, and raise with its output if it fails.
+    """Launch `script` on nproc local processes with `setup` (its flags) and `extra` flags, wait, and
+    raise with the script's output if it fails.
 
     Old results of the same name in setup.out are removed first, so what is read afterwards is this run's.
     threads: torch threads per process (2 processes x 1 thread fill this course's 2-core machine).
     """
-    name = script.rsplit(".", 1)[-1]
-    for old in Path(setup.out).glob(f"{name}*.rank*"):
-        old.unlink()
-    cmd = command(script, [*setup.argv(), *extra], nproc=nproc, launcher=launcher)
+    if setup is not None:
+        for old in Path(setup.out).glob(f"{script.rsplit('.', 1)[-1]}.rank*"):
+            old.unlink()
+    cmd = command(script, [*(setup.argv() if setup else []), *extra], nproc=nproc, launcher=launcher)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     try:

@@ -17,6 +17,8 @@ take the same step, as Megatron-LM does. Writes pipeline.rank<r>: that stage's f
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -39,7 +41,8 @@ class Stage(nn.Module):
         self.blocks = nn.ModuleList(model.blocks[lo:hi])
         self.norm_f = model.norm_f if last else None
         if last:  # its own copy of a tied weight: the first stage has the embedding
-            self.head = nn.Linear(model.config.n_embd, model.config.vocab_size, bias=False)
+            self.head = nn.Linear(model.config.n_embd, model.config.vocab_size, bias=False,
+                                  dtype=model.head.weight.dtype)
             self.head.weight.data.copy_(model.head.weight.data)
         self.register_buffer("inv_freq", model.blocks[0].attn.inv_freq.clone(), persistent=False)
 
@@ -55,7 +58,8 @@ class Stage(nn.Module):
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+    """The Llama's own loss: cross-entropy computed in float32 (as Llama.forward does)."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
 
 
 def split(model: nn.Module, rank: int, world: int) -> Stage:
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"step {step + 1}/{setup.steps} | loss {losses[-1]:.4f}", flush=True)
     params = {k if k.startswith(("tok_emb", "norm_f", "head")) else f"blocks.{stage.lo + int(k.split('.')[1])}."
               + k.split(".", 2)[2]: v for k, v in stage.state_dict().items()}
-    save_results(setup, "pipeline", rank, params, {"losses": losses, "world": world, "micro": args.micro,
+    save_results(setup.out, "pipeline", rank, params, {"setup": asdict(setup)} | {"losses": losses, "world": world, "micro": args.micro,
                                                    "schedule": args.schedule, "stage_layers": len(stage.blocks)})
     dist.destroy_process_group()
 

@@ -19,6 +19,8 @@ from the hand split and from torch's, each weight gradient gathered whole.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -84,8 +86,8 @@ class SplitSwiGLU(nn.Module):
         super().__init__()
         gate, up = swiglu.gate_up.weight.detach().chunk(2, dim=0)
         C, h = swiglu.down.weight.shape
-        self.gate, self.up, self.down = (nn.Linear(C, h, bias=False), nn.Linear(C, h, bias=False),
-                                         nn.Linear(h, C, bias=False))
+        kw = {"bias": False, "dtype": gate.dtype}
+        self.gate, self.up, self.down = nn.Linear(C, h, **kw), nn.Linear(C, h, **kw), nn.Linear(h, C, **kw)
         with torch.no_grad():
             self.gate.weight.copy_(gate)
             self.up.weight.copy_(up)
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     rank, world, device = init()
     swiglu = build_model(setup).blocks[0].ffn.to(device)
     C = swiglu.down.weight.size(0)
-    x = torch.randn(2, setup.seq, C, generator=torch.Generator().manual_seed(setup.seed)).to(device)
+    x = torch.randn(2, setup.seq, C, generator=torch.Generator().manual_seed(setup.seed), dtype=getattr(torch, setup.dtype))
+    x = x.to(device)
     out = {"x": x}
     x_ref = x.clone().requires_grad_()  # the reference: one process, the whole block
     y = swiglu(x_ref)
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     info = {"world": world, "hidden": hand.gate.size(0) * world, "local_hidden": hand.gate.size(0),
             "local_param_bytes": sum(p.numel() * p.element_size() for p in hand.parameters()),
             "full_param_bytes": sum(p.numel() * p.element_size() for p in swiglu.parameters())}
-    save_results(setup, "tensor", rank, out, info)
+    save_results(setup.out, "tensor", rank, out, {"setup": asdict(setup)} | info)
     dist.destroy_process_group()
 
 

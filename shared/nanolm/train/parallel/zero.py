@@ -19,12 +19,23 @@ Writes zero.rank<r>: the final parameters, the losses, the optimizer-state bytes
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.distributed as dist
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .common import Setup, adamw, batches, build_model, decay_groups, global_mean, init, my_rows, save_results
+from .common import (
+    Setup,
+    batches,
+    build_model,
+    decay_groups,
+    global_mean,
+    init,
+    my_rows,
+    save_results,
+)
 
 
 class ShardedAdamW:
@@ -37,10 +48,12 @@ class ShardedAdamW:
         numel = sum(p.numel() for p in params)
         self.shard = -(-numel // self.world)  # ceil: every slice the same length, the last one padded
         self.lo = self.rank * self.shard
-        flat_decay = torch.cat([torch.full((p.numel(),), weight_decay if p.dim() >= 2 else 0.0) for p in params])
+        dtype = params[0].dtype
+        flat_decay = torch.cat([torch.full((p.numel(),), weight_decay if p.dim() >= 2 else 0.0, dtype=dtype)
+                                for p in params])
         self.decay = self._pad(flat_decay)[self.lo:self.lo + self.shard]  # decay per element of my slice
-        self.exp_avg = torch.zeros(self.shard)  # m and v: 1/world of what one rank would hold
-        self.exp_avg_sq = torch.zeros(self.shard)
+        self.exp_avg = torch.zeros(self.shard, dtype=dtype)  # m and v: 1/world of what one rank would hold
+        self.exp_avg_sq = torch.zeros(self.shard, dtype=dtype)
         self.t = 0
 
     def _pad(self, flat: torch.Tensor) -> torch.Tensor:
@@ -62,7 +75,7 @@ class ShardedAdamW:
         self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         denom = (self.exp_avg_sq.sqrt() / (1 - b2 ** self.t) ** 0.5).add_(self.eps)
         param.addcdiv_(self.exp_avg, denom, value=-self.lr / (1 - b1 ** self.t))
-        full = torch.empty(self.shard * self.world)
+        full = torch.empty(self.shard * self.world, dtype=param.dtype)
         dist.all_gather_into_tensor(full, param)  # 3. every rank: all the updated slices
         offset = 0
         for p in self.params:
@@ -104,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"step {step + 1}/{setup.steps} | loss {losses[-1]:.4f}", flush=True)
     state = opt.state_tensors() if not args.torch else [t for s in opt.optim.state.values() for t in s.values()
                                                         if torch.is_tensor(t) and t.dim() > 0]
-    full_state = 2 * sum(p.numel() for p in model.parameters()) * 4  # what plain AdamW holds on every rank
+    full_state = 2 * sum(p.numel() * p.element_size() for p in model.parameters())  # plain AdamW, every rank
     final = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    save_results(setup, "zero", rank, final, {"losses": losses, "world": world, "torch": args.torch,
+    save_results(setup.out, "zero", rank, final, {"setup": asdict(setup)} | {"losses": losses, "world": world, "torch": args.torch,
                                               "state_bytes": sum(t.numel() * t.element_size() for t in state),
                                               "unsharded_state_bytes": full_state})
     dist.destroy_process_group()
