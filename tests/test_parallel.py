@@ -102,7 +102,7 @@ def test_accelerate_launch_equals_torchrun(setup, ddp, reference):
 @pytest.mark.parametrize("which", ["hand", "torch"])
 def test_zero1_equals_one_process_with_half_the_optimizer_state(setup, reference, which):
     results = launched(setup, "zero", *(["--torch"] if which == "torch" else []))
-    for params, info in results:
+    for params, _ in results:
         assert_same_weights(params, reference[0])
     full = results[0][1]["unsharded_state_bytes"]
     states = [info["state_bytes"] for _, info in results]
