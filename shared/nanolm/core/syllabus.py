@@ -29,7 +29,8 @@ SYLLABUS = [
     Phase("13_alignment", "chat format with loss masks, SFT, DPO, a reward model, GRPO", ("chat", "adapters/smollm2-chat"),
           ("base", "smollm2")),
     Phase("14_tools_and_rag", "tool calls, calculator, Python sandbox, retrieval, ReAct", ("chat-tools", "rag-index"), ("chat", "smollm2", "adapter-library")),
-    Phase("15_distributed_training", "memory accounting, activation checkpointing, DDP and FSDP", (), ("base",)),
+    Phase("15_distributed_training", "memory accounting, activation checkpointing, DDP, ZeRO, FSDP, pipeline and "
+          "tensor parallelism on torchrun and Accelerate", (), ("base", "token-shards")),
     Phase("16_serving", "inference engine, streaming FastAPI server, web UI, /learn with LoRA", (), ("smollm2", "chat-tools", "adapter-library", "rag-index")),
 ]
 BY_STEM = {p.stem: p for p in SYLLABUS}

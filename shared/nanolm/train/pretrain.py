@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from ..core import paths
 from ..model.llama import Llama, LlamaConfig
 from ..text import shards
 from . import memory
@@ -136,7 +137,8 @@ def main(argv=None) -> None:
             "params": sum(p.numel() for p in model.parameters()), "tokens_per_step": rows * world * args.seq}
     save_results(args.out, "pretrain", rank, {}, {"args": vars(args)} | info)
     if rank == 0:
-        print(f"done: {args.steps} steps in {seconds:.1f} s; sharded checkpoint in {args.out}/checkpoint"
+        shown = str(args.out).replace(f"{paths.ROOT}/", "")  # inside the repository: relative to it
+        print(f"done: {args.steps} steps in {seconds:.1f} s; sharded checkpoint in {shown}/checkpoint"
               + (f"; peak GPU memory {peak / 2**30:.2f} GiB" if peak else ""), flush=True)
     dist.destroy_process_group()
 

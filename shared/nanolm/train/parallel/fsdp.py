@@ -18,6 +18,7 @@ Writes fsdp.rank<r> (the full final parameters, the losses, bytes per rank) and 
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def load_checkpoint(model: torch.nn.Module, folder: str) -> torch.nn.Module:
     """Load a checkpoint written by any number of ranks into a plain (unsharded) model, in one process."""
     state = {k: v for k, v in model.state_dict().items()
              if not (k == "head.weight" and model.config.tie_embeddings)}
-    dcp.load(state, storage_reader=dcp.HuggingFaceStorageReader(folder), no_dist=True)
+    with warnings.catch_warnings():  # "torch.distributed is disabled ...": one process is what we want here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=dcp.HuggingFaceStorageReader(folder), no_dist=True)
     model.load_state_dict(state, strict=False)  # the tied head follows tok_emb.weight
     return model
 

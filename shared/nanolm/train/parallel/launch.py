@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...core import paths
 from .common import Setup, read_results
 
 LAUNCHERS = ("torchrun", "accelerate")
@@ -33,9 +34,10 @@ class Launched:
     output: str
 
     def show(self) -> str:
-        """The command as a learner would type it."""
+        """The command as a learner would type it (paths inside the repository relative to it)."""
         names = {"torch.distributed.run": "torchrun", "accelerate.commands.launch": "accelerate launch"}
-        return " ".join([names.get(self.command[2], self.command[2]), *self.command[3:]])
+        words = [names.get(self.command[2], self.command[2]), *self.command[3:]]
+        return " ".join(w.replace(f"{paths.ROOT}/", "") for w in words)
 
 
 def command(script: str, args: list[str], *, nproc: int = 2, launcher: str = "torchrun") -> list[str]:
@@ -53,18 +55,21 @@ def command(script: str, args: list[str], *, nproc: int = 2, launcher: str = "to
 
 
 def run(script: str, setup: Setup | None, *extra: str, nproc: int = 2, launcher: str = "torchrun",
-        threads: int = 1, timeout_s: float = 600) -> Launched:
+        threads: int = 1, timeout_s: float = 600, cpu_only: bool = False) -> Launched:
     """Launch `script` on nproc local processes with `setup` (its flags) and `extra` flags, wait, and
     raise with the script's output if it fails.
 
     Old results of the same name in setup.out are removed first, so what is read afterwards is this run's.
     threads: torch threads per process (2 processes x 1 thread fill this course's 2-core machine).
+    cpu_only: hide GPUs from the processes (gloo on CPUs), e.g. 2 processes on a machine with one GPU.
     """
     if setup is not None:
         for old in Path(setup.out).glob(f"{script.rsplit('.', 1)[-1]}.rank*"):
             old.unlink()
     cmd = command(script, [*(setup.argv() if setup else []), *extra], nproc=nproc, launcher=launcher)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    if cpu_only:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     t0 = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
