@@ -3,33 +3,24 @@ batching, stop conditions, cancel, per-request adapters, and tool calls run mid-
 
 import pytest
 import torch
+from helpers import tiny_chat
 
 from nanolm.adapt import library, lora
-from nanolm.model.llama import Llama, LlamaConfig
-from nanolm.text import bpe_train, chat
+from nanolm.model.llama import Llama
 from nanolm.use import engine as engine_mod
 from nanolm.use import tools
 from nanolm.use.engine import Engine, Request
 from nanolm.use.runner import SlotCache, forward_rows
 
-TEXT = ("The user asks and the assistant answers. What is 2+2? It is 4. Ünïcödé 🙂 too. "
-        '{"name": "calculator", "arguments": "2+2"} The answer is 84. Hello! ') * 20
-
 
 @pytest.fixture(scope="module")
 def fmt():
-    return chat.course_format(bpe_train.train(TEXT, 400))
+    return tiny_chat()[0]
 
 
 @pytest.fixture(scope="module")
-def model(fmt):
-    torch.manual_seed(0)
-    m = Llama(LlamaConfig(vocab_size=fmt.tokenizer.vocab_size, block_size=128, n_layer=2, n_head=4, n_kv_head=2,
-                          n_embd=32)).double().eval()
-    with torch.no_grad():  # larger weights than at init: varied, non-repeating greedy continuations
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    return m
+def model():
+    return tiny_chat()[1]
 
 
 def prompts(fmt, n):
