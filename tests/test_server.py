@@ -3,7 +3,6 @@ plus limits, malformed input, disconnects that free the engine's slot, /health u
 
 import asyncio
 import re
-import socket
 import threading
 import time
 
@@ -11,17 +10,10 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
-from helpers import tiny_chat
+from helpers import live_server, tiny_chat
 
 from nanolm.use import server
 from nanolm.use.engine import Engine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SlowEngine(Engine):
@@ -41,17 +33,8 @@ def live():
     fmt, model = tiny_chat()
     engine = SlowEngine(model, fmt.tokenizer, fmt.tokenizer.special(fmt.end), slots=4, max_len=128)
     app = server.create_app({"tiny": server.Served(engine, fmt)}, server.Limits(max_tokens=100))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", engine, fmt, model
-    srv.should_exit = True
-    thread.join(timeout=5)
+    with live_server(app) as url:
+        yield url, engine, fmt, model
 
 
 def greedy(fmt, model, messages, n):

@@ -136,12 +136,16 @@ class Engine:
         self._running: dict[int, _Running] = {}
         self._tools = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tools")
         self._ids = 0
+        self._new_adapters: list[tuple[str, dict]] = []
         self.stats = {"requests": 0, "finished": 0, "cancelled": 0, "errors": 0, "tokens": 0, "steps": 0}
 
     # ------------------------------------------------------------------ the caller's side (any thread)
 
     def adapters(self) -> list[str]:
-        return list(self.library.names) if self.library is not None else ["base"]
+        with self._lock:  # adapters added but not yet taken count: a request may name one at once
+            pending = [n for n, _ in self._new_adapters]
+        names = list(self.library.names) if self.library is not None else ["base"]
+        return names + [n for n in pending if n not in names]
 
     def check(self, request: Request) -> None:
         """Refuse what the engine cannot do, with what to change (the server answers these with a 400)."""
@@ -164,6 +168,11 @@ class Engine:
             self.stats["requests"] += 1
         return handle
 
+    def add_adapter(self, name: str, tensors: dict) -> None:
+        """Offer a new (or replaced) adapter to requests; it takes effect at the engine's next step."""
+        with self._lock:
+            self._new_adapters.append((name, tensors))
+
     def busy_slots(self) -> int:
         return len(self._running)
 
@@ -174,6 +183,7 @@ class Engine:
 
     def step(self) -> bool:
         """One scheduling step (see the module doc); False when there was nothing to do."""
+        self._take_new_adapters()
         self._drop_cancelled()
         self._collect_tools()
         admitted = self._admit()
@@ -199,6 +209,14 @@ class Engine:
         self.run_until_idle()
         done = [e for e in handle if e.kind == "done"][0]
         return done.data["text"], done.data
+
+    def _take_new_adapters(self) -> None:
+        with self._lock:
+            new, self._new_adapters = self._new_adapters, []
+        for name, tensors in new:
+            self.library.adapters[name] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
+            if self.adapter == name:
+                self.adapter = None  # replaced while active: load it again before the next use
 
     def _drop_cancelled(self) -> None:
         for r in [r for r in self._running.values() if r.handle.cancelled.is_set()]:

@@ -59,7 +59,17 @@ class Served:
     engine: Engine
     fmt: object
     tools: bool = False  # run tool calls for this model's requests
+    name: str = ""
+    owners: dict[str, str] = field(default_factory=dict)  # adapter -> owner ("server" or a user id)
+    defaults: dict[str, str] = field(default_factory=dict)  # user -> the adapter their requests use
     worker: EngineThread | None = field(default=None, repr=False)
+
+    def adapter_for(self, user: str, asked: str | None) -> str:
+        """The adapter a user's request runs on: the one asked for, else the user's active one, else "base"."""
+        name = asked or self.defaults.get(user, "base")
+        if name != "base" and self.owners.get(name, "server") not in ("server", user):
+            raise BadRequest(f"adapter {name!r} belongs to another user: use your own or the server's", 403)
+        return name
 
 
 class Message(BaseModel):
@@ -149,11 +159,14 @@ def stops(body: ChatRequest) -> list[str]:
     return [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
 
 
-def to_request(body: ChatRequest, served: Served, limits: Limits) -> Request:
+def to_request(body: ChatRequest, served: Served, limits: Limits, user: str = "server") -> Request:
     messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
     prompt = served.fmt.render(messages, add_generation_prompt=True).ids
-    request = Request(prompt, max_tokens=max_tokens(body, limits), temperature=body.temperature, top_k=body.top_k,
-                      top_p=body.top_p, seed=body.seed, stop=tuple(stops(body)), adapter=body.adapter or "base",
+    n = max_tokens(body, limits)
+    if not (body.max_tokens or body.max_completion_tokens):  # unset: as much as the context leaves, up to n
+        n = max(1, min(n, served.engine.cache.max_len - len(prompt)))
+    request = Request(prompt, max_tokens=n, temperature=body.temperature, top_k=body.top_k,
+                      top_p=body.top_p, seed=body.seed, stop=tuple(stops(body)), adapter=served.adapter_for(user, body.adapter),
                       tools=served.tools, messages=messages)
     try:
         served.engine.check(request)
@@ -186,6 +199,7 @@ def create_app(served: dict[str, Served], limits: Limits | None = None) -> FastA
     app = FastAPI(title="nanolm", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.served, app.state.metrics, app.state.limits = served, metrics, limits
     for name, s in served.items():
+        s.name = s.name or name
         s.worker = s.worker or EngineThread(s.engine, name)
 
     @app.exception_handler(RequestValidationError)
@@ -221,7 +235,7 @@ def create_app(served: dict[str, Served], limits: Limits | None = None) -> FastA
     async def completions(body: ChatRequest, http: HTTPRequest):
         check(body, served, limits)
         s = served[body.model]
-        request = to_request(body, s, limits)
+        request = to_request(body, s, limits, http.headers.get("x-nanolm-user", "server"))
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         handle = s.engine.submit(request, notify=lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
         s.worker.wake.set()
