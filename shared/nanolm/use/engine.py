@@ -132,7 +132,8 @@ class Engine:
         self.adapter = "base"
         self.device = next(model.parameters()).device
         self._waiting: deque[Handle] = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the queue of waiting requests and new adapters
+        self._stepping = threading.Lock()  # one step at a time
         self._running: dict[int, _Running] = {}
         self._tools = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tools")
         self._ids = 0
@@ -182,7 +183,12 @@ class Engine:
     # ------------------------------------------------------------------ the engine's thread
 
     def step(self) -> bool:
-        """One scheduling step (see the module doc); False when there was nothing to do."""
+        """One scheduling step (see the module doc); False when there was nothing to do. Steps from several
+        threads run one after another, never interleaved (each request advances once per step)."""
+        with self._stepping:
+            return self._step()
+
+    def _step(self) -> bool:
         self._take_new_adapters()
         self._drop_cancelled()
         self._collect_tools()
