@@ -11,6 +11,8 @@ MIRROR  ?=
 FROM    ?=
 UPTO    ?=
 NB      ?=
+HOST    ?= 127.0.0.1
+PORT    ?= 8000
 STAMP   := $(VENV)/.installed
 TORCH   := $(shell grep -m1 '^torch==' requirements.txt)
 
@@ -18,7 +20,7 @@ TORCH   := $(shell grep -m1 '^torch==' requirements.txt)
 export JUPYTER_PREFER_ENV_PATH := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup data course test lab execute blog report readme lint mutants clean
+.PHONY: help setup data course test browser serve lab lab-root execute blog report readme lint mutants clean
 
 help:
 	@echo "make course [PROFILE=auto|smoke|cpu|gpu] [FROM=NN] [UPTO=NN]   run the notebooks headless"
@@ -44,8 +46,22 @@ data: setup
 course: setup data
 	$(PY) ci/run_course.py --profile $(PROFILE) $(if $(FROM),--from $(FROM)) $(if $(UPTO),--upto $(UPTO))
 
+# The browser test (notebook 16's web page) drives the system's Chromium through Playwright. As root with
+# apt (CI, the Docker image) it is installed here; elsewhere install it yourself, or its test skips and says so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+	      { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; } || \
+	      echo "browser: could not install chromium with apt; the browser test will skip"; \
+	    else echo "browser: no chromium; install it (e.g. apt-get install chromium) or the browser test skips"; fi; }
+
+# SmolLM2 with the course's adapters and tools, and the course's chat model: http://127.0.0.1:8000/
+serve: setup data
+	$(PY) -m nanolm.use.serve --profile $(PROFILE) --host $(HOST) --port $(PORT)
+
 # COURSE.md's Testing section, in order.
-test: setup data
+test: setup data browser
 	@echo "== 1/5 library tests =="
 	$(PY) -m pytest tests -m "not notebooks" -q
 	@echo "== 2/5 the chain (smoke) =="
@@ -58,6 +74,10 @@ test: setup data
 
 lab: setup data
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+# JupyterLab inside a container (Dockerfile): as root, reachable from the host.
+lab-root: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ip=0.0.0.0 --port=8888 --allow-root --no-browser
 
 # Refresh the stored outputs with a real cpu-profile run (NB=03 for one notebook).
 execute: setup data
