@@ -1,6 +1,5 @@
 """Small helpers several test files share."""
 
-import contextlib
 import functools
 
 import torch
@@ -42,27 +41,8 @@ def tiny_chat(seed: int = 0):
     return fmt, model
 
 
-@contextlib.contextmanager
 def live_server(app):
     """Run an ASGI app with uvicorn on a free loopback port in a thread; yield its base URL."""
-    import socket
-    import threading
-    import time
+    from nanolm.use.server import running
 
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    return running(app)

@@ -2,7 +2,7 @@
 
     <root>/<name>/adapter.safetensors   the LoRA tensors
                   adapter.json          name, owner, base model sha256, LoRA settings, what it was taught
-                  manifest.json         size and sha256 of the two files above (written last)
+                  sha256.json           size and sha256 of the two files above (written last)
 
 A folder appears complete or not at all (core.files.write_folder_atomic), so a crash while saving keeps
 whatever was saved before. Loading verifies every hash and the base model, and skips (with a reason) a
@@ -29,7 +29,7 @@ from ..core.files import read_verified, recover_folder, sha256_bytes, write_fold
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 SERVER = "server"  # the owner of adapters everyone may use
-TENSORS, INFO, MANIFEST = "adapter.safetensors", "adapter.json", "manifest.json"
+TENSORS, INFO, MANIFEST = "adapter.safetensors", "adapter.json", "sha256.json"
 
 
 class AdapterError(ValueError):

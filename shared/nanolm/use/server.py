@@ -278,3 +278,30 @@ async def _stream(cid: str, model: str, handle, events: asyncio.Queue, metrics: 
     finally:
         handle.cancel()  # the client left (or the stream ended): the engine frees the slot
         metrics.ended()
+
+
+@contextlib.contextmanager
+def running(app, host: str = "127.0.0.1", port: int | None = None):
+    """Serve `app` with uvicorn in a background thread (a free port unless given); yield its base URL."""
+    import socket
+
+    import uvicorn
+
+    if port is None:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, name="uvicorn", daemon=True)
+    thread.start()
+    for _ in range(1000):
+        if srv.started or not thread.is_alive():
+            break
+        time.sleep(0.01)
+    if not srv.started:
+        raise RuntimeError(f"the server did not start on {host}:{port}")
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
