@@ -47,3 +47,12 @@ def test_a_model_with_adapters_is_refused():
     lora.apply_lora(model, r=2, alpha=4, seed=0)
     with pytest.raises(ValueError, match="without LoRA adapters"):
         int8.quantize(model)
+
+
+def test_step_bytes_counts_what_one_decode_step_reads():
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=300, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)).eval()
+    assert int8.step_bytes(model) == int8.weight_bytes(model)  # tied: the head reads the whole table
+    q = int8.quantize(model)
+    table = model.tok_emb.weight
+    assert int8.step_bytes(q) == int8.weight_bytes(q) - table.numel() * 4 + 64 * 4  # one row of the table

@@ -31,7 +31,9 @@ SYLLABUS = [
     Phase("14_tools_and_rag", "tool calls, calculator, Python sandbox, retrieval, ReAct", ("chat-tools", "rag-index"), ("chat", "smollm2", "adapter-library")),
     Phase("15_distributed_training", "memory accounting, activation checkpointing, DDP, ZeRO, FSDP, pipeline and "
           "tensor parallelism on torchrun and Accelerate", (), ("base", "token-shards")),
-    Phase("16_serving", "inference engine, streaming FastAPI server, web UI, /learn with LoRA", (), ("smollm2", "chat-tools", "adapter-library", "rag-index")),
+    Phase("16_serving", "inference engine (continuous batching, streaming, tools, adapters), int8 decoding, "
+          "OpenAI-compatible server, web UI, load, /learn with LoRA", (),
+          ("smollm2", "chat-tools", "adapter-library", "rag-index", "chat")),
 ]
 BY_STEM = {p.stem: p for p in SYLLABUS}
 

@@ -67,10 +67,19 @@ def quantize(model: nn.Module, kernel: str = "int8pack") -> nn.Module:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the weights a decode step reads: parameters and int8 buffers (each tensor once)."""
+    """Bytes of the stored weights: parameters and int8 buffers (each tensor once)."""
     seen, total = set(), 0
     for t in [*model.parameters(), *model.buffers()]:
         if t.data_ptr() not in seen and t.dim() >= 1:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
     return total
+
+
+def step_bytes(model: nn.Module) -> int:
+    """Bytes of weights one decode step reads: all of them, except that an embedding table that is not also
+    the head is read one row at a time (so it counts one row)."""
+    table = model.tok_emb.weight
+    if getattr(model.head, "weight", None) is table:  # tied and float: the head reads the whole table
+        return weight_bytes(model)
+    return weight_bytes(model) - table.numel() * table.element_size() + table[0].numel() * table.element_size()
