@@ -162,3 +162,13 @@ def test_metrics_count_requests_errors_and_latency(live):
     assert after["requests"] == before["requests"] + 1 and after["errors"] == before["errors"] + 1
     assert after["tokens"] > before["tokens"] and after["ttft"]["p50_ms"] is not None
     assert after["engines"]["tiny"]["slots"] == 4 and after["active"] == 0
+
+
+def test_eight_concurrent_streams_without_errors(live):
+    from nanolm.use import bench
+
+    url, engine, _, _ = live
+    body = {"model": "tiny", "stream": True, "max_tokens": 20, "messages": ASK}
+    r = bench.load(url, body, clients=8, rounds=2)
+    assert r["requests"] == 16 and r["errors"] == 0 and r["chunks_per_s"] > 0
+    assert r["ttft_p50_ms"] <= r["ttft_max_ms"] and engine.busy_slots() == 0
