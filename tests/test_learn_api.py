@@ -2,6 +2,7 @@
 must be; a failing job and a tampered file lose nothing that was saved before."""
 
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def make_app(store_dir):
     engine = Engine(model, fmt.tokenizer, fmt.tokenizer.special(fmt.end), slots=2, max_len=128)
     served = {"tiny": server.Served(engine, fmt, name="tiny")}
     store = AdapterStore(store_dir, base_sha256(base))
-    skipped = learn_api.enable(served["tiny"], store)
+    skipped = learn_api.enable(served["tiny"], store, replay_texts=["The user asks and the assistant answers."] * 4)
     app = server.create_app(served)
     learn_api.add_routes(app, served, {"tiny": store})
     return app, skipped
@@ -142,3 +143,22 @@ def test_a_tampered_adapter_is_skipped_with_the_reason(taught, tmp_path):
         r = httpx.post(f"{url}/v1/chat/completions", json={"model": "tiny", "adapter": "facts", "messages": [
             {"role": "user", "content": "hi"}]})
         assert r.status_code == 400 and "unknown adapter 'facts'" in r.json()["error"]["message"]
+
+
+def test_replay_windows_join_the_lessons(tmp_path):
+    app, _ = make_app(tmp_path)
+    with live_server(app) as url:
+        r = httpx.post(f"{url}/learn", json={"model": "tiny", "name": "x", "facts": FACTS, "replay": 5})
+        assert r.status_code == 400 and "this server has 4 replay windows" in r.json()["error"]["message"]
+        r = httpx.post(f"{url}/learn", json={"model": "tiny", "name": "with-replay", "facts": FACTS, "steps": 3,
+                                             "replay": 4})
+        assert r.status_code == 202
+        job = r.json()["job"]
+        for _ in range(1000):
+            state = httpx.get(f"{url}/learn/{job}").json()
+            if state["status"] in ("done", "failed"):
+                break
+            time.sleep(0.01)
+    assert state["status"] == "done"
+    info = json.loads((tmp_path / "with-replay" / "adapter.json").read_text())
+    assert info["replay"] == 4 and info["facts"] == 2

@@ -20,6 +20,7 @@ saved before untouched. Jobs run one at a time.
 from __future__ import annotations
 
 import copy
+import random
 import threading
 import time
 import uuid
@@ -36,7 +37,7 @@ from ..adapt.lora import apply_lora, load_lora_state, lora_layers, lora_state
 from .adapter_store import SERVER, AdapterError, AdapterStore, check_name
 from .server import BadRequest, Served
 
-MAX_FACTS, MAX_STEPS = 64, 400
+MAX_FACTS, MAX_STEPS, MAX_REPLAY, REPLAY_TOKENS = 64, 400, 200, 128
 
 
 class Fact(BaseModel):
@@ -54,6 +55,7 @@ class LearnRequest(BaseModel):
     lr: float = 2e-3
     batch_size: int = 8
     seed: int = 0
+    replay: int = 0  # windows of general text (the server's replay corpus) mixed in, against forgetting
 
 
 class Activate(BaseModel):
@@ -69,10 +71,14 @@ def user_of(http: HTTPRequest) -> str:
         raise BadRequest(str(e)) from None
 
 
-def enable(served: Served, store: AdapterStore, *, r: int = 8, alpha: float = 16, seed: int = 0) -> dict[str, str]:
+def enable(served: Served, store: AdapterStore, *, r: int = 8, alpha: float = 16, seed: int = 0,
+           replay_texts: list[str] = ()) -> dict[str, str]:
     """Give a served model LoRA slots (if it has none) and an adapter library, and load the stored adapters.
 
-    Returns {name: why} for stored adapters that were skipped. Zero B in the slots: "base" is the base model."""
+    replay_texts: general text that jobs may mix in (notebook 12's replay: the model keeps predicting
+    ordinary text while it learns the new facts). Returns {name: why} for stored adapters that were skipped.
+    Zero B in the slots: "base" is the base model."""
+    served.replay_texts = list(replay_texts)
     model = served.engine.model
     if not lora_layers(model):
         apply_lora(model, r=r, alpha=alpha, seed=seed)
@@ -114,7 +120,7 @@ class Jobs:
                 try:
                     tensors = train(served, body, lambda line, s=state: _progress(s, line))
                     store.save(body.name, owner, tensors, {"model": body.model, "facts": len(body.facts),
-                                                           "steps": body.steps, "lr": body.lr})
+                                                           "steps": body.steps, "lr": body.lr, "replay": body.replay})
                     served.engine.add_adapter(body.name, tensors)  # offered only once it is on disk
                     served.owners[body.name] = owner
                     state.update(status="done", seconds=round(time.perf_counter() - t0, 1))
@@ -138,12 +144,20 @@ def examples(served: Served, facts: list[Fact]) -> list:
                                    {"role": "assistant", "content": f.answer}], block) for f in facts]
 
 
+def replay_windows(served: Served, n: int, seed: int) -> list:
+    """n windows of the replay corpus as plain language-modelling examples (every next token trained)."""
+    texts = random.Random(seed).sample(served.replay_texts, n)
+    windows = [served.engine.tokenizer.encode(t)[:REPLAY_TOKENS + 1] for t in texts]
+    return [(w[:-1], w[1:]) for w in windows if len(w) > 1]
+
+
 def train(served: Served, body: LearnRequest, progress) -> dict:
     """Train a fresh adapter on a copy of the served model; return its tensors."""
     student = copy.deepcopy(served.engine.model)  # the served model keeps its LoRA slots for requests
     load_lora_state(student, fresh_state(student, body.seed))
-    finetune.train(student, examples(served, body.facts), steps=body.steps, batch_size=body.batch_size,
-                   lr=body.lr, log_every=1, seed=body.seed, print_fn=progress)
+    data = examples(served, body.facts) + replay_windows(served, body.replay, body.seed)
+    finetune.train(student, data, steps=body.steps, batch_size=body.batch_size, lr=body.lr, log_every=1,
+                   seed=body.seed, print_fn=progress)
     return {k: v.detach().clone() for k, v in lora_state(student).items()}
 
 
@@ -166,6 +180,9 @@ def add_routes(app: FastAPI, served: dict[str, Served], stores: dict[str, Adapte
             raise BadRequest(f"adapter {body.name!r} belongs to {current!r}: choose another name", 409)
         if not 1 <= len(body.facts) <= MAX_FACTS or not 1 <= body.steps <= MAX_STEPS:
             raise BadRequest(f"send 1-{MAX_FACTS} facts and 1-{MAX_STEPS} steps")
+        if not 0 <= body.replay <= min(MAX_REPLAY, len(s.replay_texts)):
+            raise BadRequest(f"replay {body.replay}: this server has {len(s.replay_texts)} replay windows "
+                             f"(at most {MAX_REPLAY} per job)")
         if any(not f.question.strip() or not f.answer.strip() for f in body.facts):
             raise BadRequest("every fact needs a non-empty question and answer")
         return {"job": jobs.submit(s, stores[body.model], body, owner), "status": "queued"}

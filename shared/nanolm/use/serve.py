@@ -36,6 +36,7 @@ from .adapter_store import AdapterStore
 from .engine import Engine
 
 TOOLS_ADAPTER = "tools"
+REPLAY_PASSAGES = 200  # WikiText passages /learn jobs may replay
 
 
 @dataclass
@@ -77,7 +78,8 @@ def build(profile: str, *, slots: int = 8, max_len: int = 2048, with_chat: bool 
         served["chat"] = course_chat(profile, slots=slots)
     store = AdapterStore(paths.checkpoints_dir() / profile / "served-adapters",
                          base_sha256(served["smollm2"].engine.model))
-    skipped = learn_api.enable(served["smollm2"], store)
+    replay = [p.text for p in rag.wikitext_passages(REPLAY_PASSAGES)]  # general text against forgetting
+    skipped = learn_api.enable(served["smollm2"], store, replay_texts=replay)
     app = server.create_app(served, limits)
     learn_api.add_routes(app, served, {"smollm2": store})
     return Built(app, served, skipped)

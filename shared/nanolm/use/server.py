@@ -62,6 +62,7 @@ class Served:
     name: str = ""
     owners: dict[str, str] = field(default_factory=dict)  # adapter -> owner ("server" or a user id)
     defaults: dict[str, str] = field(default_factory=dict)  # user -> the adapter their requests use
+    replay_texts: list[str] = field(default_factory=list)  # general text /learn may mix in
     worker: EngineThread | None = field(default=None, repr=False)
 
     def adapter_for(self, user: str, asked: str | None) -> str:
