@@ -182,8 +182,33 @@ def chunk(cid: str, model: str, delta: dict, finish: str | None = None, extra: d
     return f"data: {json.dumps(body)}\n\n"
 
 
+def completion(cid: str, model: str, data: dict) -> dict:
+    """A finished request as OpenAI's (non-streamed) chat completion, with the tool calls the server ran."""
+    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": data["text"]},
+                         "finish_reason": finish_reason(data)}],
+            "usage": {**data["usage"], "total_tokens": sum(data["usage"].values())},
+            "nanolm": {"tool_calls": data["tool_calls"]}}
+
+
 def finish_reason(data: dict) -> str:
     return "length" if data["finish_reason"] == "length" else "stop"
+
+
+def _error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Malformed requests and refused ones answer JSON in OpenAI's error format, and count as errors."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(_, exc: RequestValidationError):
+        metrics.errors += 1
+        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
+        return JSONResponse({"error": {"message": f"malformed request ({where}): send JSON in OpenAI's "
+                                                  "chat completions format", "type": "invalid_request_error"}}, 400)
+
+    @app.exception_handler(BadRequest)
+    async def _bad(_, exc: BadRequest):
+        metrics.errors += 1
+        return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error"}}, exc.status)
 
 
 def create_app(served: dict[str, Served], limits: Limits | None = None) -> FastAPI:
@@ -203,17 +228,7 @@ def create_app(served: dict[str, Served], limits: Limits | None = None) -> FastA
         s.name = s.name or name
         s.worker = s.worker or EngineThread(s.engine, name)
 
-    @app.exception_handler(RequestValidationError)
-    async def _malformed(_, exc: RequestValidationError):
-        metrics.errors += 1
-        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
-        return JSONResponse({"error": {"message": f"malformed request ({where}): send JSON in OpenAI's "
-                                                  "chat completions format", "type": "invalid_request_error"}}, 400)
-
-    @app.exception_handler(BadRequest)
-    async def _bad(_, exc: BadRequest):
-        metrics.errors += 1
-        return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error"}}, exc.status)
+    _error_handlers(app, metrics)
 
     @app.get("/health")
     async def health():
@@ -252,11 +267,7 @@ def create_app(served: dict[str, Served], limits: Limits | None = None) -> FastA
             handle.cancel()  # a no-op when finished; frees the slot if this handler was cancelled
             metrics.ended()
         metrics.finished(handle, event.data)
-        return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": body.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": event.data["text"]},
-                             "finish_reason": finish_reason(event.data)}],
-                "usage": {**event.data["usage"], "total_tokens": sum(event.data["usage"].values())},
-                "nanolm": {"tool_calls": event.data["tool_calls"]}}
+        return completion(cid, body.model, event.data)
 
     return app
 
