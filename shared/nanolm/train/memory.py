@@ -32,7 +32,6 @@ from torch.utils.checkpoint import checkpoint
 from ..model.llama import LlamaConfig
 
 STAGES = ("ddp", "zero1", "zero2", "zero3")
-BYTES = {"fp32": 4, "bf16": 2}
 
 
 def llama_params(cfg: LlamaConfig) -> int:

@@ -81,15 +81,12 @@ class Handle:
         self.submitted = time.perf_counter()
         self.first_token_s: float | None = None  # time to the first generated token
         self.token_times: list[float] = []
-        self.finished = threading.Event()
 
     def cancel(self) -> None:
         self.cancelled.set()
 
     def put(self, event: Event) -> None:
         self.events.put(event)
-        if event.kind == "done":
-            self.finished.set()
         if self.notify is not None:
             self.notify(event)
 
