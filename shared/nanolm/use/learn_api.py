@@ -37,7 +37,8 @@ from ..adapt.lora import apply_lora, load_lora_state, lora_layers, lora_state
 from .adapter_store import SERVER, AdapterError, AdapterStore, check_name
 from .server import BadRequest, Served
 
-MAX_FACTS, MAX_STEPS, MAX_REPLAY, REPLAY_TOKENS = 64, 400, 200, 128
+MAX_FACTS, MAX_STEPS, MAX_REPLAY = 64, 400, 200
+REPLAY_TOKENS = 64  # about a lesson's length: a batch pads to its longest example, so longer windows set the step's cost
 
 
 class Fact(BaseModel):
