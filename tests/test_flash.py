@@ -79,11 +79,11 @@ def test_peak_memory_naive_quadratic_tiled_linear():
         return attend.peak_memory(lambda: fn(q, k, v))
 
     tiled = lambda q, k, v: attend.tiled_attention(q, k, v, block_q=32, block_k=32)  # noqa: E731
-    n1, n2 = peak(attend.naive_attention, 256), peak(attend.naive_attention, 512)
-    t1, t2 = peak(tiled, 256), peak(tiled, 512)
-    assert 3.5 < n2 / n1 < 4.5  # the T x T weights
-    assert 1.5 < t2 / t1 < 2.5  # outputs and running sums only
-    assert t2 < n2 / 4
+    n1, n2, n3 = (peak(attend.naive_attention, T) for T in (256, 512, 1024))
+    t1, t2, t3 = (peak(tiled, T) for T in (256, 512, 1024))
+    assert 3.8 < (n3 - n2) / (n2 - n1) < 4.2  # memory added per doubling: the T x T weights
+    assert 1.8 < (t3 - t2) / (t2 - t1) < 2.2  # outputs and running sums only
+    assert t3 < n3 / 8
 
 
 def test_written_out_attention_has_dropout_tiled_refuses_it():
@@ -99,3 +99,105 @@ def test_written_out_attention_has_dropout_tiled_refuses_it():
     torch.testing.assert_close(attend.run_attention(q, k, v, "manual", dropout_p=0.5), dropped)
     with pytest.raises(ValueError, match="'tiled' has no dropout"):
         attend.run_attention(q, k, v, "tiled", dropout_p=0.1)
+
+
+# ----------------------------------------------------------------------------- every entry point, every argument
+
+
+@pytest.mark.parametrize("mode", ["auto", "sdpa", "manual", "tiled"])
+def test_every_mode_honours_scale_and_the_cache_offset(mode):
+    """run_attention's four modes with a non-default scale and queries after a cache (Tq < Tk), against SDPA."""
+    q, k, v = (t.detach() for t in _qkv(Hkv=2, Tq=6, Tk=11, seed=3))
+    k_full, v_full = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    mask = torch.ones(6, 11, dtype=torch.bool).tril(5)
+    ref = F.scaled_dot_product_attention(q, k_full, v_full, attn_mask=mask, scale=0.3)
+    torch.testing.assert_close(attend.run_attention(q, k, v, mode, scale=0.3), ref, **tolerances.FLOAT32)
+    assert not torch.allclose(attend.run_attention(q, k, v, mode), ref, atol=1e-3)  # the default scale differs
+
+
+def test_single_query_step_sees_every_cached_key():
+    """A KV-cache step (Tq = 1) attends to all Tk keys: every function equals softmax over all of them."""
+    q, k, v = (t.detach() for t in _qkv(Tq=1, Tk=13, seed=4))
+    weights = (q @ k.transpose(-2, -1) / 4.0).softmax(-1)  # D = 16: scale 1/4
+    ref = weights @ v
+    for fn in (attend.naive_attention, attend.sdpa_attention, attend.attention, attend.tiled_attention):
+        torch.testing.assert_close(fn(q, k, v), ref, **tolerances.FLOAT32)
+
+
+def test_not_causal_lets_a_query_see_later_keys():
+    q, k, v = (t.detach() for t in _qkv(Tq=5, Tk=5, seed=6))
+    ref = (q @ k.transpose(-2, -1) / 4.0).softmax(-1) @ v
+    for fn in (attend.naive_attention, attend.sdpa_attention, attend.tiled_attention):
+        torch.testing.assert_close(fn(q, k, v, causal=False), ref, **tolerances.FLOAT32)
+    assert not torch.allclose(attend.sdpa_attention(q, k, v), ref, atol=1e-3)
+
+
+def test_sdpa_passes_dropout_through():
+    q, k, v = (t.detach() for t in _qkv(Tq=8, Tk=8, seed=7))
+    torch.manual_seed(1)
+    ours = attend.sdpa_attention(q, k, v, dropout_p=0.5)
+    torch.manual_seed(1)
+    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.5))
+    assert not torch.allclose(ours, attend.sdpa_attention(q, k, v), atol=1e-3)
+
+
+def test_bad_shapes_and_settings_are_refused():
+    q, k, v = (t.detach() for t in _qkv(H=4, Hkv=3, Tq=4, Tk=4))
+    for fn in (attend.naive_attention, attend.sdpa_attention, attend.tiled_attention):
+        with pytest.raises(ValueError, match="4 query heads cannot share 3"):
+            fn(q, k, v)
+    q, k, v = (t.detach() for t in _qkv(Tq=6, Tk=4))
+    for fn in (attend.naive_attention, attend.sdpa_attention, attend.tiled_attention):
+        with pytest.raises(ValueError, match="at least as many keys"):
+            fn(q, k, v)
+    for bq, bk in ((0, 4), (4, 0)):
+        with pytest.raises(ValueError, match="block sizes must be positive"):
+            attend.tiled_attention(q, q, q, block_q=bq, block_k=bk)
+    with pytest.raises(ValueError, match="attention mode must be one of"):
+        attend.run_attention(q, q, q, "fast")
+    assert attend.causal_mask(2, 4).tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_flash_branch_hands_flash_attn_its_layout(monkeypatch):
+    """With flash-attn usable, attention() calls it on (B, T, H, D) with the scale, dropout and causal flag."""
+    seen = {}
+
+    def fake_flash(q, k, v, dropout_p, softmax_scale, causal):  # flash-attn's layout: (B, T, H, D)
+        seen.update(shape=tuple(q.shape), dropout_p=dropout_p, scale=softmax_scale, causal=causal)
+        out = attend.sdpa_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal, 0.0, softmax_scale)
+        return out.transpose(1, 2)
+
+    monkeypatch.setattr(attend, "_flash_attn_func", fake_flash)
+    monkeypatch.setattr(attend, "flash_attn_usable", lambda q: True)
+    q, k, v = (t.detach() for t in _qkv(B=2, H=4, Hkv=2, Tq=5, Tk=9, D=16, seed=8))
+    out = attend.attention(q, k, v, causal=True, dropout_p=0.0, scale=0.3)
+    assert seen == {"shape": (2, 5, 4, 16), "dropout_p": 0.0, "scale": 0.3, "causal": True}
+    torch.testing.assert_close(out, attend.sdpa_attention(q, k, v, True, 0.0, 0.3), **tolerances.FLOAT32)
+    assert attend.backend(q) == "flash-attn"
+    seen.clear()
+    attend.attention(q, k, v[..., :8], causal=False)  # values narrower than keys: flash-attn cannot take them
+    assert seen == {}
+
+
+def test_flash_attn_is_never_used_for_cpu_tensors(monkeypatch):
+    monkeypatch.setattr(attend, "_flash_attn_func", lambda *a, **kw: None)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        assert not attend.flash_attn_usable(torch.zeros(1, 1, 1, 8, dtype=dtype))
+
+
+def test_peak_memory_counts_live_bytes_exactly():
+    """A freed tensor's bytes leave the count: peak = the largest set alive at once, not the sum of all."""
+    def two_in_turn():
+        a = torch.empty(1000, dtype=torch.float32)  # 4000 bytes
+        del a
+        return torch.empty(500, dtype=torch.float64)  # 4000 bytes, after a is gone
+
+    def two_at_once():
+        a = torch.empty(1000, dtype=torch.float32)
+        b = torch.empty(250, dtype=torch.float32)  # 1000 bytes while a lives
+        return a, b
+
+    assert attend.peak_memory(two_in_turn) == 4000
+    assert attend.peak_memory(two_at_once) == 5000
+    x = torch.zeros(100)
+    assert attend.peak_memory(lambda: x[10:20]) == 0  # a view of an outside tensor allocates nothing
