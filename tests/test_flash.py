@@ -168,7 +168,7 @@ def test_flash_branch_hands_flash_attn_its_layout(monkeypatch):
         return out.transpose(1, 2)
 
     monkeypatch.setattr(attend, "_flash_attn_func", fake_flash)
-    monkeypatch.setattr(attend, "flash_attn_usable", lambda q: True)
+    monkeypatch.setattr(attend, "flash_attn_usable", lambda q: isinstance(q, torch.Tensor))
     q, k, v = (t.detach() for t in _qkv(B=2, H=4, Hkv=2, Tq=5, Tk=9, D=16, seed=8))
     out = attend.attention(q, k, v, causal=True, dropout_p=0.0, scale=0.3)
     assert seen == {"shape": (2, 5, 4, 16), "dropout_p": 0.0, "scale": 0.3, "causal": True}
@@ -197,7 +197,84 @@ def test_peak_memory_counts_live_bytes_exactly():
         b = torch.empty(250, dtype=torch.float32)  # 1000 bytes while a lives
         return a, b
 
+    def freed_then_same_size_again():  # the allocator may hand the freed address out again: count it anew
+        a = torch.empty(1000, dtype=torch.float32)
+        del a
+        a2 = torch.empty(1000, dtype=torch.float32)
+        c = torch.empty(250, dtype=torch.float32)
+        return a2, c
+
     assert attend.peak_memory(two_in_turn) == 4000
     assert attend.peak_memory(two_at_once) == 5000
+    assert attend.peak_memory(freed_then_same_size_again) == 5000
     x = torch.zeros(100)
     assert attend.peak_memory(lambda: x[10:20]) == 0  # a view of an outside tensor allocates nothing
+
+
+@pytest.mark.parametrize("D, block", [(5, 3), (3, 6)])
+def test_inputs_without_a_batch_dimension(D, block):
+    """(H, T, D) tensors, with T != D and blocks wider or narrower than D: every dimension is addressed from the
+    end, forward and backward."""
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(4, 13, D, generator=g, requires_grad=True)
+    k, v = (torch.randn(2, 16, D, generator=g, requires_grad=True) for _ in range(2))
+    ref = _sdpa_reference(q[None], k[None], v[None], True)[0]
+    dout = torch.randn(4, 13, D, generator=g)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
+    for fn in (attend.naive_attention, attend.sdpa_attention, attend.tiled_attention):
+        kw = {"block_q": block, "block_k": block + 1} if fn is attend.tiled_attention else {}
+        out = fn(q, k, v, **kw)
+        torch.testing.assert_close(out, ref, **tolerances.FLOAT32, msg=fn.__name__)
+        for g_ours, g_ref in zip(torch.autograd.grad(out, (q, k, v), dout), ref_grads, strict=True):
+            torch.testing.assert_close(g_ours, g_ref, **tolerances.FLOAT32, msg=fn.__name__)
+
+
+def test_defaults_are_causal_and_auto():
+    q, k, v = (t.detach() for t in _qkv(Tq=6, Tk=6, seed=10))
+    ref = _sdpa_reference(q, k, v, True)
+    torch.testing.assert_close(attend.attention(q, k, v), ref, **tolerances.FLOAT32)
+    torch.testing.assert_close(attend.run_attention(q, k, v), ref, **tolerances.FLOAT32)
+
+
+@pytest.mark.parametrize("Tq, Tk", [(2, 5), (1, 1), (2, 2)])
+def test_sdpa_short_query_runs(Tq, Tk):
+    q, k, v = (t.detach() for t in _qkv(Tq=Tq, Tk=Tk, seed=11))
+    torch.testing.assert_close(attend.sdpa_attention(q, k, v), _sdpa_reference(q, k, v, True), **tolerances.FLOAT32)
+
+
+@pytest.mark.parametrize("mode", ["auto", "sdpa", "manual"])
+def test_dropout_reaches_the_kernel_in_every_mode(mode):
+    """p = 0.3 (not F.dropout's default 0.5): the same seed gives the same mask as the kernel called directly."""
+    q, k, v = (t.detach() for t in _qkv(Tq=8, Tk=8, seed=12))
+    direct = attend.naive_attention if mode == "manual" else attend.sdpa_attention
+    torch.manual_seed(2)
+    ours = attend.run_attention(q, k, v, mode, dropout_p=0.3)
+    torch.manual_seed(2)
+    torch.testing.assert_close(ours, direct(q, k, v, dropout_p=0.3))
+    torch.manual_seed(2)
+    assert not torch.allclose(ours, direct(q, k, v, dropout_p=0.5), atol=1e-3)
+
+
+def test_tiled_blocks_of_one_and_each_query_its_own_maximum():
+    """Blocks of 1 x 1 are allowed; a query whose scores are ~1000x larger than another's must not make the
+    other's exponentials underflow (the running maximum is per query, not per block)."""
+    q, k, v = (t.detach() for t in _qkv(B=1, H=1, Hkv=1, Tq=5, Tk=5, seed=13))
+    q = q.clone()
+    q[..., 0, :] *= 1000.0  # the first query's scores dwarf everyone else's
+    ref = _sdpa_reference(q, k, v, True)
+    for block in (1, 2):
+        out = attend.tiled_attention(q, k, v, block_q=block, block_k=block)
+        torch.testing.assert_close(out, ref, **tolerances.FLOAT32)
+
+
+def test_flash_attn_usable_needs_the_kernel_cuda_and_half_precision(monkeypatch):
+    """Checked on stand-ins for CUDA tensors (flash_attn_usable reads only is_cuda and dtype)."""
+    from types import SimpleNamespace
+    half_cuda = SimpleNamespace(is_cuda=True, dtype=torch.float16)
+    monkeypatch.setattr(attend, "_flash_attn_func", None)
+    assert not attend.flash_attn_usable(half_cuda)
+    monkeypatch.setattr(attend, "_flash_attn_func", lambda *a, **kw: None)
+    assert attend.flash_attn_usable(half_cuda) and attend.backend(half_cuda) == "flash-attn"
+    assert attend.flash_attn_usable(SimpleNamespace(is_cuda=True, dtype=torch.bfloat16))
+    assert not attend.flash_attn_usable(SimpleNamespace(is_cuda=True, dtype=torch.float32))
+    assert not attend.flash_attn_usable(SimpleNamespace(is_cuda=False, dtype=torch.float16))
