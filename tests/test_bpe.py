@@ -392,6 +392,18 @@ def test_train_accepts_several_texts_or_counts_and_both_trainers_agree():
         bpe_train.train(parts, 400, trainer="slow")
 
 
+@pytest.mark.parametrize("trainer", ["fast", "plain"])
+def test_train_passes_its_pattern_and_specials_on(trainer):
+    """GPT-2's pattern splits "123456" into one pre-token, GPT-4's into "123" "456": the merges must follow the
+    pattern asked for, and the tokenizer must carry it and the special tokens asked for."""
+    text = "123456 123456 It'S It'S"
+    for pattern in ("gpt2", "gpt4"):
+        tok = bpe_train.train(text, 256 + 12 + 1, pattern=pattern, special_tokens=("<|end|>",), trainer=trainer)
+        assert tok.merges == naive_bpe(text, 12, pattern) and tok.pattern == pattern
+        assert tok.special_tokens == {"<|end|>": 256 + len(tok.merges)}
+    assert naive_bpe(text, 12, "gpt2") != naive_bpe(text, 12, "gpt4")
+
+
 # ----------------------------------------------------------------------------- exact behaviour (mutation tests)
 # A tiny vocabulary where every result can be worked out by hand, and a naive encoder from the rule alone.
 
