@@ -227,3 +227,50 @@ def test_bad_configs():
         LlamaConfig(attention="mla")
     with pytest.raises(ValueError, match="attention mode"):
         _model().set_attention("fast")
+
+
+# ----------------------------------------------------------------------------- layer defaults (mutation tests)
+
+
+def test_layer_defaults_and_bias_switches():
+    assert layers.RMSNorm(8).eps == 1e-5
+    swiglu, swiglu_b = layers.SwiGLU(8, 16), layers.SwiGLU(8, 16, bias=True)
+    assert swiglu.gate_up.bias is None and swiglu.down.bias is None  # Llama's MLP has no biases
+    assert swiglu_b.gate_up.bias is not None and swiglu_b.down.bias is not None
+    mlp, mlp_nb = layers.GELUMLP(8, 16), layers.GELUMLP(8, 16, bias=False)
+    assert mlp.fc.bias is not None and mlp.proj.bias is not None  # GPT-2's MLP has them
+    assert mlp_nb.fc.bias is None and mlp_nb.proj.bias is None
+
+
+def test_gelu_mlp_is_gpt2s_tanh_gelu_without_default_dropout():
+    torch.manual_seed(0)
+    mlp = layers.GELUMLP(8, 16).train()  # training mode: a default dropout would show
+    x = torch.randn(3, 8)
+    h = mlp.fc(x)
+    tanh_gelu = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))  # GPT-2's formula
+    torch.testing.assert_close(mlp(x), mlp.proj(tanh_gelu), **tolerances.FLOAT32)
+
+
+def test_complex_rope_by_hand_with_another_theta():
+    """Pair (2i, 2i+1) rotated by pos * theta^(-2i/D), written out in float64; the output keeps x's dtype."""
+    torch.manual_seed(1)
+    x, pos, theta = torch.randn(5, 8), torch.arange(3, 8), 500000.0
+    out = layers.apply_rope_complex(x, pos, theta)
+    assert out.dtype == torch.float32
+    ref = torch.empty(5, 8, dtype=torch.float64)
+    for t in range(5):
+        for i in range(4):
+            a = float(pos[t]) * theta ** (-2 * i / 8)
+            x0, x1 = float(x[t, 2 * i]), float(x[t, 2 * i + 1])
+            ref[t, 2 * i], ref[t, 2 * i + 1] = x0 * math.cos(a) - x1 * math.sin(a), x0 * math.sin(a) + x1 * math.cos(a)
+    torch.testing.assert_close(out.double(), ref, **tolerances.FLOAT32)
+
+
+def test_rope_keeps_a_half_precision_input_in_half_precision():
+    """cos/sin tables are float32: apply_rope must cast them to x's dtype, or bf16 activations would come back
+    as float32 (type promotion), doubling memory downstream."""
+    cos, sin = layers.rope_angles(torch.arange(6), layers.rope_frequencies(8))
+    x = torch.randn(2, 6, 8).to(torch.bfloat16)
+    out = layers.apply_rope(x, cos, sin)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), layers.apply_rope(x.float(), cos, sin), atol=2e-2, rtol=2e-2)

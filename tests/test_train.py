@@ -918,3 +918,33 @@ def test_refusal_names_the_checkpoint_path(tmp_path):
     ck = t.save_checkpoint(tmp_path / "ck")
     with pytest.raises(CheckpointError, match=f"^checkpoint {re.escape(str(ck))} does not fit this model"):
         trainer(tiny_gpt(n_embd=32)).load_checkpoint(ck)
+
+
+# ----------------------------------------------------------------------------- schedule edges (mutation tests)
+
+
+def test_schedules_at_their_edges_by_hand():
+    """Values worked out by hand where an off-by-one would show: one decay step, steps past the end."""
+    from nanolm.train import schedules as S
+
+    # cosine: warmup 2, max 3 -> one decay step; at step 3 the decay is complete, past it lr stays min_lr
+    assert [S.cosine_lr(s, 1.0, 0.0, 2, 3) for s in (2, 3, 4)] == [1.0, 0.0, 0.0]
+    # wsd, max 4, decay 0.2 of it -> round(0.8) = 1 step, starting at step 3
+    assert [S.wsd_lr(s, 1.0, 0.0, 0, 4) for s in range(6)] == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    # the default decay fraction is 0.2
+    assert [S.wsd_lr(s, 1.0, 0.0, 1, 10) for s in range(12)] == [S.wsd_lr(s, 1.0, 0.0, 1, 10, 0.2) for s in range(12)]
+    assert S.wsd_lr(8, 1.0, 0.0, 0, 10) == 1.0 and S.wsd_lr(9, 1.0, 0.0, 0, 10) == 0.5  # decay over steps 8..10
+    # lr_at passes the config's own decay fraction on
+    c = cfg(schedule="wsd", decay_fraction=0.5, max_steps=10, warmup_steps=0, lr=1.0, min_lr=0.0)
+    assert [S.lr_at(s, c) for s in range(11)] == [S.wsd_lr(s, 1.0, 0.0, 0, 10, 0.5) for s in range(11)]
+    assert S.lr_at(5, c) == 1.0 and S.lr_at(6, c) == 0.8
+
+
+def test_make_optimizer_uses_the_configured_learning_rate():
+    opt = train.make_optimizer(tiny_gpt(), cfg(lr=0.0123), torch.device("cpu"))
+    assert [g["lr"] for g in opt.param_groups] == [0.0123, 0.0123]
+
+
+def test_grad_norm_without_gradients_is_a_zero_scalar():
+    norm = train.grad_norm(tiny_gpt())  # no backward yet: no parameter has a gradient
+    assert norm.shape == () and float(norm) == 0.0
