@@ -16,11 +16,11 @@ def _qkv(B=2, H=4, Hkv=4, Tq=37, Tk=37, D=16, dtype=torch.float32, seed=0):
     return q, k, v
 
 
-def _sdpa_reference(q, k, v, causal):
+def _sdpa_reference(q, k, v, causal, scale=None):
     k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
     v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
     mask = torch.ones(q.size(2), k.size(2), dtype=torch.bool).tril(k.size(2) - q.size(2)) if causal else None
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 CASES = {
@@ -108,9 +108,7 @@ def test_written_out_attention_has_dropout_tiled_refuses_it():
 def test_every_mode_honours_scale_and_the_cache_offset(mode):
     """run_attention's four modes with a non-default scale and queries after a cache (Tq < Tk), against SDPA."""
     q, k, v = (t.detach() for t in _qkv(Hkv=2, Tq=6, Tk=11, seed=3))
-    k_full, v_full = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
-    mask = torch.ones(6, 11, dtype=torch.bool).tril(5)
-    ref = F.scaled_dot_product_attention(q, k_full, v_full, attn_mask=mask, scale=0.3)
+    ref = _sdpa_reference(q, k, v, True, scale=0.3)
     torch.testing.assert_close(attend.run_attention(q, k, v, mode, scale=0.3), ref, **tolerances.FLOAT32)
     assert not torch.allclose(attend.run_attention(q, k, v, mode), ref, atol=1e-3)  # the default scale differs
 
