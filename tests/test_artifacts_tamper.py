@@ -169,5 +169,6 @@ def test_an_artifact_copied_under_another_name_is_refused():
 
     art = artifacts.save("gpt-base", notebook="08_pretraining", profile="smoke", tensors={"w": torch.zeros(2)})
     shutil.copytree(art.path, art.path.parent / NAME)
-    with pytest.raises(ArtifactError, match="Re-run 09_modern_architecture"):
+    with pytest.raises(ArtifactError, match="Re-run 09_modern_architecture") as e:
         _load()
+    assert "holds the artifact 'gpt-base'" in str(e.value)  # the message names what the folder really holds

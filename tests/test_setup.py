@@ -1,6 +1,7 @@
 """nanolm.core.notebook.setup and nanolm.core.device.threads: what every notebook's setup cell relies on."""
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -41,3 +42,16 @@ def test_threads_is_scoped_and_restored_even_on_error():
     assert torch.get_num_threads() == before
     with device.threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_within_prints_the_smallest_tolerance_class_a_difference_falls_under():
+    """Classes 1e-12 < 1e-9 < 1e-6 < 1e-3, each bound exclusive; above them the value itself; NaN says so."""
+    assert [notebook.within(d) for d in (0.0, 9.9e-13, 1e-12, 5e-10, 1e-9, 2e-7, 1e-6, 9.99e-4)] == [
+        "< 1e-12", "< 1e-12", "< 1e-09", "< 1e-09", "< 1e-06", "< 1e-06", "< 1e-03", "< 1e-03"]
+    assert notebook.within(-3e-7) == "< 1e-06"  # a signed difference counts by its size
+    assert notebook.within(1e-3) == ">= 1e-03 (1.00e-03)" and notebook.within(0.25) == ">= 1e-03 (2.50e-01)"
+    assert notebook.within(float("nan")) == "nan"
+    leaf = torch.tensor([1.0, 2.0], requires_grad=True)  # a difference that still tracks gradients: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert notebook.within((leaf * 2 - leaf * 2).abs().max()) == "< 1e-12"

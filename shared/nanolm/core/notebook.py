@@ -50,6 +50,8 @@ def within(diff: float) -> str:
     A checked cell prints this rather than the raw value (round-off differs in the last bits between machines)
     or a literal True (which no regression changes): a parity that loses three digits changes the printed class.
     """
+    if isinstance(diff, torch.Tensor):
+        diff = diff.detach()  # a difference of tensors that still track gradients
     diff = abs(float(diff))
     if diff != diff:  # NaN
         return "nan"
