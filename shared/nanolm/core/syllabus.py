@@ -22,7 +22,7 @@ SYLLABUS = [
     Phase("06_transformer", "LayerNorm, encoder/decoder blocks, a toy translation transformer, ablations"),
     Phase("07_gpt", "decoder-only GPT, sampling, character Shakespeare, HF GPT-2 parity", ("gpt-char",), ("shakespeare-char",)),
     Phase("08_pretraining", "token shards, a real training loop, checkpoint/resume, scaling laws", ("gpt-base", "token-shards"), ("bpe-tokenizer",)),
-    Phase("09_modern_architecture", "RoPE, RMSNorm, SwiGLU, GQA, KV cache, MLA, MoE, FlashAttention; SmolLM2 read from its GGUF file into our Llama", ("base", "smollm2"), ("bpe-tokenizer", "gpt-base", "token-shards")),
+    Phase("09_modern_architecture", "RoPE, RMSNorm, SwiGLU, GQA, KV cache, sliding-window attention, MLA, MoE, FlashAttention; SmolLM2 read from its GGUF file into our Llama", ("base", "smollm2"), ("bpe-tokenizer", "gpt-base", "token-shards")),
     Phase("10_evaluation", "a log-probability scorer checked item by item against lm-evaluation-harness; HellaSwag, ARC, GSM8K, HumanEval in a limited process; perplexity three ways; contamination; a leaderboard", ("eval-report",), ("gpt-char", "gpt-base", "base", "smollm2")),
     Phase("11_lora", "LoRA and DoRA from scratch equal to PEFT, merging, NF4 bit-identical to bitsandbytes, QLoRA, a real fine-tune of SmolLM2", ("adapters/",), ("base", "smollm2")),
     Phase("12_continual_learning", "forgetting, rehearsal, EWC, LoRA-per-task with a router", ("cl-model", "adapter-library"), ("smollm2", "adapters/")),
