@@ -1,6 +1,8 @@
 """The engine: greedy output equal to model.generate for every request of a batch, continuous vs static
 batching, stop conditions, cancel, per-request adapters, and tool calls run mid-generation (scripted sampler)."""
 
+import threading
+
 import pytest
 import torch
 from helpers import tiny_chat
@@ -137,6 +139,33 @@ def test_each_request_runs_on_its_own_adapter(model, fmt):
     handles = {name: eng.submit(Request(p, max_tokens=8, adapter=name)) for name in ("one", "two", "base")}
     eng.run_until_idle()
     assert {name: list(h)[-1].data["text"] for name, h in handles.items()} == want
+
+
+def test_a_new_adapter_is_named_while_it_moves_into_the_library(model, fmt):
+    """Adapters added together (a restarted server loading its store) move from pending to the library in one
+    step: a request checked from another thread in the middle of that move sees every one of them. (A reader
+    that saw the first one in the library and the second neither pending nor there answered 'unknown adapter'.)"""
+    m = Llama(model.config).eval()
+    m.load_state_dict(model.state_dict())
+    lora.apply_lora(m, r=2, alpha=4, seed=0)
+    eng = Engine(m, fmt.tokenizer, end_id(fmt), slots=2, library=library.build(m, {}, base="tiny"))
+    seen, readers = [], []
+
+    class MidMove(dict):  # after the first adapter lands, another thread asks which adapters exist
+        def __setitem__(self, key, value):
+            super().__setitem__(key, value)
+            if not readers:
+                readers.append(threading.Thread(target=lambda: seen.append(eng.adapters())))
+                readers[0].start()
+                readers[0].join(0.2)
+
+    eng.library.adapters = MidMove(eng.library.adapters)
+    for name in ("facts-only", "made-up-facts"):
+        eng.add_adapter(name, lora.lora_state(m))
+    eng.step()
+    readers[0].join(5)
+    assert seen and {"facts-only", "made-up-facts"} <= set(seen[0])
+    assert {"facts-only", "made-up-facts"} <= set(eng.library.names)
 
 
 def test_tool_calls_run_mid_generation(model, fmt, monkeypatch):

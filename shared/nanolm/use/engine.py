@@ -142,7 +142,7 @@ class Engine:
     def adapters(self) -> list[str]:
         with self._lock:  # adapters added but not yet taken count: a request may name one at once
             pending = [n for n, _ in self._new_adapters]
-        names = list(self.library.names) if self.library is not None else ["base"]
+            names = list(self.library.names) if self.library is not None else ["base"]
         return names + [n for n in pending if n not in names]
 
     def check(self, request: Request) -> None:
@@ -214,12 +214,13 @@ class Engine:
         return done.data["text"], done.data
 
     def _take_new_adapters(self) -> None:
+        # One move from pending to the library, under the lock: adapters() never misses a name between the two.
         with self._lock:
             new, self._new_adapters = self._new_adapters, []
-        for name, tensors in new:
-            self.library.adapters[name] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
-            if self.adapter == name:
-                self.adapter = None  # replaced while active: load it again before the next use
+            for name, tensors in new:
+                self.library.adapters[name] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
+        if self.adapter in {name for name, _ in new}:
+            self.adapter = None  # replaced while active: load it again before the next use
 
     def _drop_cancelled(self) -> None:
         for r in [r for r in self._running.values() if r.handle.cancelled.is_set()]:
