@@ -2,7 +2,8 @@
 
 `smollm2` is built once from the real GGUF file (about 15-30 s) into a temporary checkpoints folder and checked
 three ways: our load gives exactly the logits of the model read straight from the GGUF file; transformers'
-from_pretrained opens the same folder and gives the same logits (measured max difference: 0.0); transformers'
+from_pretrained opens the same folder and gives the same logits (measured max difference: 0.0 for prompts of several
+tokens; see the test for one token); transformers'
 tokenizer and chat template from the folder agree with ours. The course's own models use tiny fixtures.
 """
 
@@ -13,6 +14,7 @@ import time
 import pytest
 import torch
 from real_model import smollm2_path
+from tolerances import FLOAT32_MODEL
 
 from nanolm.core import artifacts
 from nanolm.eval import models
@@ -108,8 +110,12 @@ def test_transformers_loads_the_folder_with_the_same_logits(smollm2, reference):
     assert theirs.dtype == torch.float32 and theirs.config.tie_word_embeddings
     with torch.no_grad():
         for idx in _prompts():
-            diff = (theirs(idx).logits - reference(idx)[0]).abs().max().item()
-            assert diff == 0.0, f"max |logit difference| {diff} (measured: 0.0)"
+            got, want = theirs(idx).logits, reference(idx)[0]
+            if idx.size(1) > 1:  # bit for bit, as measured on an Intel Xeon and an AMD EPYC
+                diff = (got - want).abs().max().item()
+                assert diff == 0.0, f"max |logit difference| {diff} (measured: 0.0)"
+            else:  # one token: matrix-vector products, where some CPUs' kernels round our fused gate/up product
+                torch.testing.assert_close(got, want, **FLOAT32_MODEL)  # and HF's two separate ones differently
 
 
 def test_tokenizer_and_chat_template_agree_with_transformers(smollm2):
