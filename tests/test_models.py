@@ -2,9 +2,9 @@
 
 `smollm2` is built once from the real GGUF file (about 15-30 s) into a temporary checkpoints folder and checked
 three ways: our load gives exactly the logits of the model read straight from the GGUF file; transformers'
-from_pretrained opens the same folder and gives the same logits (measured max difference: 0.0 for prompts of several
-tokens; see the test for one token); transformers'
-tokenizer and chat template from the folder agree with ours. The course's own models use tiny fixtures.
+from_pretrained opens the same folder and gives the same logits (measured max difference: 0.0 for prompts of
+several tokens; see the test for one token); transformers' tokenizer and chat template from the folder agree
+with ours. The course's own models use tiny fixtures.
 """
 
 from __future__ import annotations

@@ -168,8 +168,9 @@ class Engine:
 
     def add_adapter(self, name: str, tensors: dict) -> None:
         """Offer a new (or replaced) adapter to requests; it takes effect at the engine's next step."""
+        own = {k: v.detach().cpu().clone() for k, v in tensors.items()}  # copied here, in the caller's thread
         with self._lock:
-            self._new_adapters.append((name, tensors))
+            self._new_adapters.append((name, own))
 
     def busy_slots(self) -> int:
         return len(self._running)
@@ -218,7 +219,7 @@ class Engine:
         with self._lock:
             new, self._new_adapters = self._new_adapters, []
             for name, tensors in new:
-                self.library.adapters[name] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
+                self.library.adapters[name] = tensors
         if self.adapter in {name for name, _ in new}:
             self.adapter = None  # replaced while active: load it again before the next use
 
