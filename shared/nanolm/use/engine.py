@@ -332,7 +332,7 @@ class Engine:
         data = {"finish_reason": reason, "text": r.text, "tool_calls": calls,
                 "usage": {"prompt_tokens": len(req.prompt), "completion_tokens": r.generated},
                 **({"error": error} if error else {})}
+        self.stats["cancelled" if reason == "cancelled" else "finished"] += 1  # counted before the slot shows free
         del self._running[r.slot]
         self.cache.free(r.slot)
-        self.stats["cancelled" if reason == "cancelled" else "finished"] += 1
         r.handle.put(Event("done", data=data))
